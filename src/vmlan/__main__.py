@@ -1,0 +1,3 @@
+from vmlan.cli import main
+
+raise SystemExit(main())
