@@ -1,0 +1,112 @@
+"""``vmlan`` command line: ``vmlan run [-netdev ...] [-hub ...] [-object filter-dump,...]``.
+
+Bad configuration: one line on stderr naming the option and the value, exit status 2. A link that
+cannot be opened (address in use, nothing listening): one line, exit status 1. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from vmlan import __version__
+from vmlan.config.cmdline import RunConfig, parse_run_args
+from vmlan.config.errors import ConfigError
+from vmlan.config.qemu_args import guest_args
+from vmlan.io.errors import LinkError
+from vmlan.io.loop import new_event_loop
+
+log = logging.getLogger("vmlan")
+
+USAGE = """\
+usage: vmlan run [options]
+       vmlan --version
+
+vmlan run: QEMU's network backends as a standalone process.
+  -netdev socket,id=ID,listen=[HOST]:PORT | connect=HOST:PORT[,reconnect-ms=MS]
+  -netdev socket,id=ID,mcast=GROUP:PORT[,localaddr=ADDR] | udp=HOST:PORT,localaddr=HOST:PORT
+  -netdev stream,id=ID,server=on|off,addr.type=inet,addr.host=HOST,addr.port=PORT[,reconnect-ms=MS]
+  -netdev stream,id=ID,server=on|off,addr.type=unix,addr.path=PATH
+  -netdev dgram,id=ID,remote.type=inet|unix,...[,local.type=inet|unix,...]
+        every netdev also takes hubid=N (default 0): netdevs on one hub share a LAN
+  -hub id=N[,mode=hub|switch][,aging=SECONDS]   hub N floods (hub) or learns MACs (switch)
+  -object filter-dump,id=ID,netdev=ID,file=PATH[,maxlen=65536][,queue=all|rx|tx]
+  -v, --verbose    log more (twice: debug)
+  -q, --quiet      log only warnings and errors
+With no -netdev, serves hub 0 on a unix stream socket and prints how to attach QEMU to it.
+Send SIGUSR1 to print the equivalent of QEMU's 'info network' with per-port counters.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        print(f"vmlan {__version__}")
+        return 0
+    if args[0] != "run":
+        sys.stderr.write(f"vmlan: unknown command '{args[0]}' (try 'vmlan --help')\n")
+        return 2
+    try:
+        cfg = parse_run_args(args[1:])
+    except ConfigError as exc:
+        sys.stderr.write(f"vmlan: {exc}\n")
+        return 2
+    _setup_logging(cfg)
+    return run(cfg)
+
+
+def _setup_logging(cfg: RunConfig) -> None:
+    level = logging.WARNING if cfg.quiet else logging.DEBUG if cfg.verbose > 1 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vmlan: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def run(cfg: RunConfig) -> int:
+    from vmlan.control.monitor import info_network
+    from vmlan.io.runtime import Runtime
+
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    runtime = Runtime(cfg, loop)
+    stop = asyncio.Event()
+    try:
+        try:
+            loop.run_until_complete(runtime.start())
+        except LinkError as exc:
+            sys.stderr.write(f"vmlan: {exc}\n")
+            return 1
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: sys.stderr.write(info_network(runtime) + "\n"))
+        _print_attach_hints(cfg)
+        loop.run_until_complete(stop.wait())
+        log.info("shutting down")
+        return 0
+    finally:
+        runtime.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+
+def _print_attach_hints(cfg: RunConfig) -> None:
+    """Tell the user the exact QEMU options that attach a guest to each netdev."""
+    if cfg.quiet:
+        return
+    for index, nd in enumerate(cfg.netdevs):
+        mac = f"52:54:00:12:34:{0x56 + index:02x}"
+        opts = " ".join(guest_args(nd, mac))
+        log.info("attach a QEMU guest to %s with: %s", nd.id, opts)
+    if cfg.is_default:
+        sys.stdout.write(
+            "vmlan is serving hub 0. Start a VM on it with, for example:\n"
+            f"  qemu-system-x86_64 -m 512 ... {' '.join(guest_args(cfg.netdevs[0]))}\n"
+        )
+        sys.stdout.flush()

@@ -1,0 +1,158 @@
+"""The LAN core: ports, QEMU-style hubs and MAC-learning switches.
+
+A link (io/) owns a Port per connected peer and calls ``lan.input(port, frame)`` for every frame the
+peer sends; the LAN calls ``deliver(frame)`` on the ports the frame should reach. Everything here is
+synchronous and runs on the event loop's thread: a frame crosses the LAN as a few method calls, with no
+task, future or queue of its own. ``frame`` is usually a memoryview into the ingress link's reused
+receive buffer, valid only during the call: a port that keeps a frame must copy it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from vmlan.engines.switch import MacTable
+
+ETH_HLEN = 14
+
+
+class FrameSink(Protocol):
+    """Anything that records frames (a pcap dump)."""
+
+    def write(self, frame: bytes | memoryview) -> None: ...
+
+
+class PortCounters:
+    """What QEMU's ``info network`` would want to show, plus drops."""
+
+    __slots__ = ("rx_bytes", "rx_dropped", "rx_frames", "tx_bytes", "tx_dropped", "tx_frames")
+
+    def __init__(self) -> None:
+        self.rx_frames = 0  # from the peer into the LAN
+        self.rx_bytes = 0
+        self.rx_dropped = 0  # malformed (runts, oversize) or arriving while the link is down
+        self.tx_frames = 0  # from the LAN out to the peer
+        self.tx_bytes = 0
+        self.tx_dropped = 0  # output queue full, no peer, link down, or the send failed
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Port:
+    """One attachment point of a LAN. Links subclass it and implement ``transmit``."""
+
+    __slots__ = ("counters", "dump_rx", "dump_tx", "lan", "link_up", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lan: Hub | None = None
+        self.counters = PortCounters()
+        self.link_up = True
+        self.dump_rx: FrameSink | None = None  # frames the peer sent us
+        self.dump_tx: FrameSink | None = None  # frames we send the peer
+
+    def deliver(self, frame: bytes | memoryview) -> None:
+        """Called by the LAN: count, record, and hand the frame to the link."""
+        c = self.counters
+        if not self.link_up:
+            c.tx_dropped += 1
+            return
+        if self.dump_tx is not None:
+            self.dump_tx.write(frame)
+        if self.transmit(frame):
+            c.tx_frames += 1
+            c.tx_bytes += len(frame)
+        else:
+            c.tx_dropped += 1
+
+    def transmit(self, frame: bytes | memoryview) -> bool:
+        """Send one frame to the peer, or queue a copy of it; False if it had to be dropped."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The info string QEMU's ``info network`` prints after the port's name."""
+        return ""
+
+
+class Hub:
+    """QEMU's hub (net/hub.c): every frame goes to every other port."""
+
+    kind = "hub"
+
+    def __init__(self, lan_id: int) -> None:
+        self.id = lan_id
+        self.ports: tuple[Port, ...] = ()
+
+    def attach(self, port: Port) -> None:
+        port.lan = self
+        self.ports = (*self.ports, port)
+
+    def detach(self, port: Port) -> None:
+        self.ports = tuple(p for p in self.ports if p is not port)
+        port.lan = None
+
+    def input(self, src: Port, frame: bytes | memoryview) -> None:
+        """A frame arrived from ``src``'s peer."""
+        c = src.counters
+        size = len(frame)
+        if size < ETH_HLEN or not src.link_up:
+            c.rx_dropped += 1
+            return
+        c.rx_frames += 1
+        c.rx_bytes += size
+        if src.dump_rx is not None:
+            src.dump_rx.write(frame)
+        for port in self.ports:
+            if port is not src:
+                port.deliver(frame)
+
+
+class Switch(Hub):
+    """A learning switch: unicast goes only where the destination was last seen.
+
+    Broadcast, multicast and unknown destinations flood; nothing is ever sent back out the ingress port.
+    """
+
+    kind = "switch"
+
+    def __init__(self, lan_id: int, aging: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(lan_id)
+        self.table: MacTable[Port] = MacTable(aging)
+        self.clock = clock
+        self.filtered = 0  # unicast frames whose destination lives behind the ingress port
+
+    def detach(self, port: Port) -> None:
+        super().detach(port)
+        self.table.forget_port(port)
+
+    def input(self, src: Port, frame: bytes | memoryview) -> None:
+        c = src.counters
+        size = len(frame)
+        if size < ETH_HLEN or not src.link_up:
+            c.rx_dropped += 1
+            return
+        c.rx_frames += 1
+        c.rx_bytes += size
+        if src.dump_rx is not None:
+            src.dump_rx.write(frame)
+        now = self.clock()
+        if not frame[6] & 1:
+            self.table.learn(bytes(frame[6:12]), src, now)
+        if not frame[0] & 1:
+            out = self.table.lookup(bytes(frame[0:6]), now)
+            if out is not None:
+                if out is src:
+                    self.filtered += 1
+                else:
+                    out.deliver(frame)
+                return
+        for port in self.ports:
+            if port is not src:
+                port.deliver(frame)
+
+
+def make_lan(lan_id: int, mode: str = "hub", aging: float = 300.0) -> Hub:
+    return Switch(lan_id, aging) if mode == "switch" else Hub(lan_id)
