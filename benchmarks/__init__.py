@@ -1,0 +1,1 @@
+"""vmlan's benchmarks: ``python -m benchmarks`` (see README.md in this directory)."""
