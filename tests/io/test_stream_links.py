@@ -161,3 +161,23 @@ def test_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path):
     finally:
         running.stop()
     assert path.read_text() == "keep me"
+
+
+def test_hubs_in_one_process_are_separate_lans(lan, tmp_path):
+    p1, p2, q1 = tmp_path / "p1.sock", tmp_path / "p2.sock", tmp_path / "q1.sock"
+    running = lan(
+        "-netdev", f"stream,id=p1,server=on,addr.type=unix,addr.path={p1}",
+        "-netdev", f"stream,id=p2,server=on,addr.type=unix,addr.path={p2}",
+        "-netdev", f"stream,id=q1,server=on,addr.type=unix,addr.path={q1},hubid=7",
+        "-hub", "id=7,mode=switch",
+    )
+    a, b, other = unix_client(p1), unix_client(p2), unix_client(q1)
+    wait_for(lambda: all(len(running.netdev(n).ports) == 1 for n in ("p1", "p2", "q1")))
+    assert running.runtime.hubs[7].kind == "switch" and running.runtime.hubs[0].kind == "hub"
+    f = eth(BCAST, A, b"hub zero only")
+    send_framed(a, f)
+    assert recv_framed(b) == f
+    other.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        recv_framed(other)
+    assert running.netdev("q1").ports[0].counters.tx_frames == 0
