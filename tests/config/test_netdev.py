@@ -70,7 +70,7 @@ def test_stream_and_dgram_keyval():
         ),
         ("dgram,id=a,local.type=unix,local.path=/x", "dgram requires remote= parameter"),
         ("dgram,id=a,remote.type=unix,remote.path=/x", "dgram requires local= parameter"),
-        ("user,id=u", "netdev type 'user' is not available in this version of vmlan"),
+        ("tap,id=t", "netdev type 'tap' is not available in this version of vmlan"),
         ("frobnicate,id=u", "Parameter 'type' does not accept value 'frobnicate'"),
     ],
 )

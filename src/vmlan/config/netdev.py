@@ -24,6 +24,7 @@ from vmlan.config.qemuopts import (
     parse_qemuopts,
     parse_uint,
 )
+from vmlan.config.usernet import UserNetdev, parse_user_netdev
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ class DgramNetdev:
     mcast_if: str | None = None  # socket's localaddr= / dgram's local.host for a multicast remote
 
 
-NetdevConfig = StreamNetdev | DgramNetdev
+NetdevConfig = StreamNetdev | DgramNetdev | UserNetdev
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +273,9 @@ def parse_netdev(text: str) -> NetdevConfig:
         return _stream_netdev(tree) if head == "stream" else _dgram_netdev(tree)
     if head == "socket":
         return _socket_netdev(parse_qemuopts(text))
-    if head in ("user", "tap", "bridge", "vde", "l2tpv3", "vhost-user", "vhost-vdpa", "hubport"):
+    if head == "user":
+        return parse_user_netdev(parse_qemuopts(text))
+    if head in ("tap", "bridge", "vde", "l2tpv3", "vhost-user", "vhost-vdpa", "hubport"):
         raise ConfigError(f"netdev type '{head}' is not available in this version of vmlan")
     if not head:
         raise ConfigError("Parameter 'type' is missing")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmlan.config.netdev import DgramNetdev, InetAddr, NetdevConfig, SocketAddress, StreamNetdev, UnixAddr
+from vmlan.config.netdev import InetAddr, NetdevConfig, SocketAddress, StreamNetdev, UnixAddr, UserNetdev
 
 
 def escape(value: str) -> str:
@@ -32,7 +32,8 @@ def guest_netdev(nd: NetdevConfig, netdev_id: str = "n0") -> str:
             return f"socket,id={netdev_id},listen={_hostport(nd.addr)}"
         server = "off" if nd.server else "on"
         return f"stream,id={netdev_id},server={server},{_keyval_addr('addr', nd.addr, connect=nd.server)}"
-    assert isinstance(nd, DgramNetdev)
+    if isinstance(nd, UserNetdev):
+        raise ValueError("a user-mode stack is not a link: attach guests to another netdev on its hub")
     if nd.multicast:
         assert isinstance(nd.remote, InetAddr)
         if nd.driver == "socket":
