@@ -51,6 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = REPO_ROOT / "tests" / "guest"
 INIT_TEMPLATE = TEMPLATE_DIR / "init.sh"
 UDHCPC_SCRIPT = TEMPLATE_DIR / "udhcpc.script"
+UDPECHO_SOURCE = TEMPLATE_DIR / "udpecho.c"
 
 LOCK_TIMEOUT = 900.0  # seconds to wait for another process's build of the same cache root
 COMMAND_TIMEOUT = 600.0
@@ -295,7 +296,19 @@ def render_init(kver: str, modules: list[Module]) -> bytes:
     return text.replace("@KVER@", kver).replace("@MODULES@", " ".join(m.relpath for m in modules)).encode()
 
 
-def write_initramfs(dest: Path, busybox: Path, kver: str, boot: list[Module], extra: list[Module]) -> None:
+def compile_udpecho(work: Path) -> bytes:
+    """The guest's UDP echo server (busybox has none), linked statically: the image has no libc."""
+    out = work / "udpecho"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise BuildError("build_guest: no C compiler for tests/guest/udpecho.c (apt-get install gcc libc6-dev)")
+    _run([cc, "-static", "-Os", "-s", "-o", str(out), str(UDPECHO_SOURCE)])
+    return out.read_bytes()
+
+
+def write_initramfs(
+    dest: Path, busybox: Path, kver: str, boot: list[Module], extra: list[Module], udpecho: bytes
+) -> None:
     raw = io.BytesIO()
     cpio = CpioWriter(raw)
     for d in IMAGE_DIRS.split():
@@ -309,6 +322,7 @@ def write_initramfs(dest: Path, busybox: Path, kver: str, boot: list[Module], ex
         if applet not in ("bin/busybox", "bin/sh"):
             cpio.symlink(applet, "/bin/busybox")
     cpio.file("init", render_init(kver, boot), 0o755)
+    cpio.file("bin/udpecho", udpecho, 0o755)
     cpio.file("etc/udhcpc.script", UDHCPC_SCRIPT.read_bytes(), 0o755)
     cpio.symlink("etc/udhcpc/default.script", "/etc/udhcpc.script")  # Debian busybox's default
     cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
@@ -351,7 +365,7 @@ def _dep_closure(name: str, by_name: dict[str, Module]) -> Iterator[str]:
 
 def _builder_hash() -> str:
     h = hashlib.sha256()
-    for path in (Path(__file__).resolve(), INIT_TEMPLATE, UDHCPC_SCRIPT):
+    for path in (Path(__file__).resolve(), INIT_TEMPLATE, UDHCPC_SCRIPT, UDPECHO_SOURCE):
         try:
             h.update(path.read_bytes())
         except OSError as exc:
@@ -449,7 +463,7 @@ def _build_into(out: Path, work: Path, p: _Plan, log: bool) -> None:
     extra = collect_modules(moddir, EXTRA_MODULES)
     say("boot modules: " + " ".join(m.name for m in boot))
     shutil.copyfile(kernel, out / "vmlinuz")
-    write_initramfs(out / "initrd.img", busybox, kver, boot, extra)
+    write_initramfs(out / "initrd.img", busybox, kver, boot, extra, compile_udpecho(work))
     manifest = {
         "kernel_package": p.kernel_package,
         "kernel_package_version": p.kernel_version,

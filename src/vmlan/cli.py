@@ -10,13 +10,18 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from vmlan import __version__
 from vmlan.config.cmdline import RunConfig, parse_run_args
 from vmlan.config.errors import ConfigError
+from vmlan.config.netdev import UserNetdev
 from vmlan.config.qemu_args import guest_args
 from vmlan.io.errors import LinkError
 from vmlan.io.loop import new_event_loop
+
+if TYPE_CHECKING:
+    from vmlan.io.runtime import Runtime
 
 log = logging.getLogger("vmlan")
 
@@ -70,7 +75,6 @@ def _setup_logging(cfg: RunConfig) -> None:
 
 
 def run(cfg: RunConfig) -> int:
-    from vmlan.control.monitor import info_network
     from vmlan.io.runtime import Runtime
 
     loop = new_event_loop()
@@ -85,8 +89,9 @@ def run(cfg: RunConfig) -> int:
             return 1
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGUSR1, lambda: sys.stderr.write(info_network(runtime) + "\n"))
+        loop.add_signal_handler(signal.SIGUSR1, lambda: sys.stderr.write(_monitor_text(runtime) + "\n"))
         _print_attach_hints(cfg)
+        log.info("ready: %d netdev(s) on %d hub(s)", len(cfg.netdevs), len(cfg.hubs))
         loop.run_until_complete(stop.wait())
         log.info("shutting down")
         return 0
@@ -96,11 +101,27 @@ def run(cfg: RunConfig) -> int:
         loop.close()
 
 
+def _monitor_text(runtime: Runtime) -> str:
+    """What SIGUSR1 prints: info network, then info usernet for every user-mode stack."""
+    from vmlan.control.monitor import info_network, info_usernet
+    from vmlan.io.usernet import UserNetPort
+
+    parts = [info_network(runtime)]
+    for nd in runtime.netdevs:
+        if isinstance(nd, UserNetPort):
+            parts.append(info_usernet(nd, nd.cfg.hubid))
+    return "\n".join(parts)
+
+
 def _print_attach_hints(cfg: RunConfig) -> None:
     """Tell the user the exact QEMU options that attach a guest to each netdev."""
     if cfg.quiet:
         return
     for index, nd in enumerate(cfg.netdevs):
+        if isinstance(nd, UserNetdev):
+            log.info("user %s: user-mode network %s (gateway %s, DNS %s) on hub %d", nd.id, nd.net, nd.host, nd.dns,
+                     nd.hubid)
+            continue
         mac = f"52:54:00:12:34:{0x56 + index:02x}"
         opts = " ".join(guest_args(nd, mac))
         log.info("attach a QEMU guest to %s with: %s", nd.id, opts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ from vmlan.lan import Port
 
 if TYPE_CHECKING:
     from vmlan.io.runtime import Runtime
+    from vmlan.io.usernet import UserNetPort
 
 
 def info_network(runtime: Runtime) -> str:
@@ -33,3 +35,35 @@ def _port_lines(ports: Iterable[Port]) -> list[str]:
             f" tx {c.tx_frames} frames {c.tx_bytes} bytes {c.tx_dropped} dropped"
         )
     return out
+
+
+def info_usernet(port: UserNetPort, hubid: int) -> str:
+    """Like QEMU's ``info usernet``: one row per host forward, TCP connection, UDP flow and ping flow.
+
+    Columns and widths are libslirp's (slirp_connection_info); "Source" is the guest side of a
+    connection, "Dest." the far side, and a host forward shows its listening address as the source.
+    """
+    stack = port.stack
+    now = port.loop_time()
+    rows = [f"Hub {hubid} ({port.name}):",
+            "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ"]
+
+    def row(kind: str, fd: int, src: str, sport: int, dst: str, dport: int, recvq: int = 0, sendq: int = 0) -> None:
+        rows.append(f"  {kind:<19s} {fd:3d} {src:>15s} {sport:5d} {dst:>15s} {dport:5d} {recvq:5d} {sendq:5d}")
+
+    for rule, fd in port.forward_fds():
+        row(f"{rule.proto.upper()}[HOST_FORWARD]", fd, rule.host_addr or "*", rule.host_port,
+            socket.inet_ntoa(rule.guest_addr), rule.guest_port)
+    for relay in stack.tcp.values():
+        conn = relay.conn
+        recvq, sendq = port.tcp_queues(relay)
+        row(f"TCP[{conn.state}]", port.fd_of(relay), socket.inet_ntoa(conn.remote[0]), conn.remote[1],
+            socket.inet_ntoa(conn.local[0]), conn.local[1], recvq, sendq)
+    for flow in stack.udp_flows.values():
+        dst, dport = flow.last_dst
+        row(f"UDP[{max(0, int(flow.expires - now))} sec]", port.fd_of(flow), socket.inet_ntoa(flow.guest_ip),
+            flow.guest_port, dst, dport)
+    for ping in stack.pings.values():
+        row(f"ICMP[{max(0, int(ping.expires - now))} sec]", port.fd_of(ping), socket.inet_ntoa(ping.guest_ip), 0,
+            ping.dst, 0)
+    return "\n".join(rows)

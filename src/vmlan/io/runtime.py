@@ -7,11 +7,12 @@ import logging
 import os
 
 from vmlan.config.cmdline import RunConfig
-from vmlan.config.netdev import DgramNetdev, StreamNetdev, UnixAddr
+from vmlan.config.netdev import DgramNetdev, StreamNetdev, UnixAddr, UserNetdev
 from vmlan.io.dgram import DgramPort
 from vmlan.io.errors import LinkError
 from vmlan.io.pcap import PcapDump
 from vmlan.io.stream import StreamClient, StreamServer
+from vmlan.io.usernet import UserNetPort
 from vmlan.lan import Hub, Port, make_lan
 
 log = logging.getLogger("vmlan")
@@ -24,7 +25,7 @@ class Runtime:
         self.hubs: dict[int, Hub] = {
             hub.id: make_lan(hub.id, hub.mode, hub.aging) for hub in sorted(cfg.hubs.values(), key=lambda h: h.id)
         }
-        self.netdevs: list[StreamServer | StreamClient | DgramPort] = []
+        self.netdevs: list[StreamServer | StreamClient | DgramPort | UserNetPort] = []
         self.dumps: list[PcapDump] = []
 
     async def start(self) -> None:
@@ -60,6 +61,12 @@ class Runtime:
                     client.on_port = attach_dumps
                     self.netdevs.append(client)
                     await client.start()
+            elif isinstance(nd_cfg, UserNetdev):
+                user = UserNetPort(nd_cfg, self.loop)
+                attach_dumps(user)
+                self.netdevs.append(user)
+                user.start()
+                hub.attach(user)
             else:
                 assert isinstance(nd_cfg, DgramNetdev)
                 port = DgramPort(nd_cfg, self.loop)

@@ -19,7 +19,7 @@ every chunk starts at an even offset) and reduce the small total.
 
 Measured on the development machine (CPython 3.11.7, numpy 2.4, x86-64, 2 busy
 cores; best of 5 ``timeit`` runs; microseconds per call; reproduce with
-``python -m tests.wire.bench_checksum``):
+``python -m benchmarks.checksum``):
 
 ======================================  ======  =======  ========
 candidate                                 64 B   1500 B   64 KiB

@@ -1,6 +1,6 @@
 """Re-measure the Internet checksum candidates behind vmlan.wire.checksum's choice.
 
-Run with ``python -m tests.wire.bench_checksum`` from the repository root; not
+Run with ``python -m benchmarks.checksum`` from the repository root; not
 collected by pytest.  Prints microseconds per call (best of several runs) for
 64 B, 1500 B and 64 KiB buffers.
 """
@@ -13,9 +13,9 @@ import sys
 import timeit
 from collections.abc import Callable
 
-from vmlan.wire import checksum
+from tests.wire.strategies import reference_checksum
 
-from .strategies import reference_checksum
+from vmlan.wire import checksum
 
 
 def mod_whole(data: bytes) -> int:
