@@ -7,6 +7,7 @@ the test's own DNS server: no traffic leaves the machine.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -298,3 +299,38 @@ def test_differential_same_guest_checks_pass_on_qemu_user_and_on_vmlan(
                             f"dns-server=127.0.0.1:{dns_server.port},hostfwd=tcp:127.0.0.1:{fwd_port}-:80")
         g = make_guest("g", nds[0])
     guest_checks(g, http_server, fwd_port)
+
+
+def test_guestfwd_to_a_host_address_and_to_a_command(make_guest, vmlan_run, tmp_path, dns_server, http_server):
+    _vm, nds = user_lan(
+        vmlan_run, tmp_path,
+        f"dns-server=127.0.0.1:{dns_server.port},guestfwd=tcp:10.0.2.100:80-127.0.0.1:{http_server.port},"
+        "guestfwd=tcp:10.0.2.101:7-cmd:tr a-z A-Z",
+    )
+    g = make_guest("g", nds[0])
+    g.check(UDHCPC, timeout=60)
+    assert g.check("timeout 30 wget -q -O - http://10.0.2.100/whoami").startswith("127.0.0.1 ")
+    assert g.check("echo hello through a command | timeout 30 nc 10.0.2.101 7") == "HELLO THROUGH A COMMAND\n"
+
+
+def test_ping_beyond_the_stack_and_info_usernet(make_guest, vmlan_run, tmp_path, two_namespaces):
+    """The guest pings an address outside the stack (in the client namespace): vmlan sends the echo from
+    the host through a ping socket, or a raw socket where ping sockets are not allowed."""
+    ns_a, addr_a, _ns_b, addr_b = two_namespaces
+    path = tmp_path / "vm.sock"
+    vm = vmlan_run("-netdev", f"user,id=u0,dns-server=127.0.0.1:53,hostfwd=tcp:{addr_a}:8080-:80",
+                   "-netdev", f"stream,id=vm,server=on,addr.type=unix,addr.path={path}", netns=ns_a)
+    g = make_guest("g", ["stream", "server=off", "addr.type=unix", f"addr.path={path}"])
+    g.check(UDHCPC, timeout=60)
+    out = g.check(f"ping -c 3 -W 5 {addr_b}")
+    assert "3 packets received" in out and f"from {addr_b}" in out
+    vm.proc.send_signal(signal.SIGUSR1)
+    vm.wait_log("Protocol[State]")
+    vm.wait_log("ICMP[")
+    lines = "\n".join(vm.lines)
+    assert "Hub 0 (u0):" in lines
+    assert "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ" in lines
+    forward = next(line for line in vm.lines if "TCP[HOST_FORWARD]" in line)
+    assert forward.split()[2:6] == [addr_a, "8080", "10.0.2.15", "80"]
+    icmp = next(line for line in vm.lines if line.lstrip().startswith("ICMP["))
+    assert "10.0.2.15" in icmp and addr_b in icmp

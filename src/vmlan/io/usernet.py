@@ -46,12 +46,14 @@ from vmlan.engines.usernet import (
 )
 from vmlan.io.errors import LinkError
 from vmlan.lan import Port
+from vmlan.wire.checksum import internet_checksum
 
 log = logging.getLogger("vmlan")
 
 READ_CHUNK = 256 * 1024
 UDP_BUFSIZE = 65536
 CONNECT_TIMEOUT = 30.0
+RAW_PING = "raw"  # PingFlow.handle of a flow served by the shared raw ICMP socket
 LEASES_SAVE_DELAY = 1.0
 
 
@@ -138,12 +140,16 @@ class UserNetPort(Port):
         "_loop",
         "_out_frames",
         "_pumping",
+        "_raw_flows",
+        "_raw_icmp",
+        "_raw_icmp_failed",
         "_timer",
         "_timer_at",
         "_udp_buf",
         "cfg",
         "label",
         "leases_path",
+        "ping_dropped",
         "stack",
     )
 
@@ -169,6 +175,10 @@ class UserNetPort(Port):
         self._fwd_socks: list[tuple[HostForward, socket.socket]] = []
         self._leases_timer: asyncio.TimerHandle | None = None
         self._udp_buf = bytearray(UDP_BUFSIZE)
+        self._raw_icmp: socket.socket | None = None
+        self._raw_icmp_failed = False
+        self._raw_flows: dict[tuple[str, int], PingFlow] = {}
+        self.ping_dropped = 0
         self.label = f"user {user.id}"
 
     @property
@@ -218,6 +228,10 @@ class UserNetPort(Port):
             self._close_udp(flow)
         for ping in list(self.stack.pings.values()):
             self._close_ping(ping)
+        if self._raw_icmp is not None:
+            self._loop.remove_reader(self._raw_icmp.fileno())
+            self._raw_icmp.close()
+            self._raw_icmp = None
         if self._dns_sock is not None:
             self._loop.remove_reader(self._dns_sock.fileno())
             self._dns_sock.close()
@@ -383,20 +397,66 @@ class UserNetPort(Port):
 
     # -- ICMP echo -------------------------------------------------------------------------------------------
     def _ping_send(self, flow: PingFlow, seq: int, data: bytes) -> None:
+        """An echo request toward the host's network: an unprivileged ping socket (allowed by
+        net.ipv4.ping_group_range), else one shared raw socket (CAP_NET_RAW), else dropped and counted."""
+        packet = bytearray(bytes([8, 0, 0, 0]) + flow.ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + data)
         sock = flow.handle
         if sock is None:
             try:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
             except OSError:
-                log.debug("%s: no ping socket (net.ipv4.ping_group_range); echo to %s dropped", self.label, flow.dst)
-                return
-            sock.setblocking(False)
-            flow.handle = sock
-            self._loop.add_reader(sock.fileno(), self._on_ping_readable, flow)
-        assert isinstance(sock, socket.socket)
-        packet = bytes([8, 0, 0, 0]) + flow.ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + data
+                sock = self._raw_icmp_socket()
+                if sock is None:
+                    self.ping_dropped += 1
+                    return
+                flow.handle = RAW_PING
+                self._raw_flows[(flow.dst, flow.ident)] = flow
+            else:
+                sock.setblocking(False)
+                flow.handle = sock
+                self._loop.add_reader(sock.fileno(), self._on_ping_readable, flow)
+        elif flow.handle is RAW_PING:
+            sock = self._raw_icmp
+        if sock is None or not isinstance(sock, socket.socket):
+            return
+        if flow.handle is RAW_PING:  # the kernel fills in the checksum only for ping sockets
+            packet[2:4] = internet_checksum(packet).to_bytes(2, "big")
         with contextlib.suppress(OSError):
             sock.sendto(packet, (flow.dst, 0))
+
+    def _raw_icmp_socket(self) -> socket.socket | None:
+        if self._raw_icmp is None and not self._raw_icmp_failed:
+            try:
+                self._raw_icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            except OSError:
+                self._raw_icmp_failed = True
+                log.info("%s: neither ping sockets (net.ipv4.ping_group_range) nor raw sockets are allowed: "
+                         "guests' pings beyond the stack are dropped", self.label)
+                return None
+            self._raw_icmp.setblocking(False)
+            self._loop.add_reader(self._raw_icmp.fileno(), self._on_raw_icmp_readable)
+        return self._raw_icmp
+
+    def _on_raw_icmp_readable(self) -> None:
+        """A raw ICMP socket hears every ICMP message to the host: keep echo replies to our flows."""
+        sock = self._raw_icmp
+        if sock is None:
+            return
+        for _ in range(64):
+            try:
+                data, src = sock.recvfrom(UDP_BUFSIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            hlen = (data[0] & 0x0F) * 4 if data else 0
+            if len(data) < hlen + 8 or data[hlen] != 0:
+                continue
+            flow = self._raw_flows.get((src[0], int.from_bytes(data[hlen + 4 : hlen + 6], "big")))
+            if flow is not None:
+                seq = int.from_bytes(data[hlen + 6 : hlen + 8], "big")
+                self.stack.ping_reply(flow, seq, data[hlen + 8 :], self._loop.time())
+        self._pump()
 
     def _on_ping_readable(self, flow: PingFlow) -> None:
         sock = flow.handle
@@ -414,6 +474,11 @@ class UserNetPort(Port):
         self._pump()
 
     def _close_ping(self, flow: PingFlow) -> None:
+        if flow.handle is RAW_PING:
+            if self._raw_flows.get((flow.dst, flow.ident)) is flow:
+                del self._raw_flows[(flow.dst, flow.ident)]
+            flow.handle = None
+            return
         sock = flow.handle
         if isinstance(sock, socket.socket):
             with contextlib.suppress(ValueError, OSError):
