@@ -129,6 +129,8 @@ class Switch(Hub):
         self.table.forget_port(port)
 
     def input(self, src: Port, frame: bytes | memoryview) -> None:
+        # The ingress accounting repeats Hub.input's on purpose: a shared method would add a call to
+        # every frame (~10% of the hub's per-frame cost, measured with benchmarks/).
         c = src.counters
         size = len(frame)
         if size < ETH_HLEN or not src.link_up:

@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vmlan.config.usernet import UserNetdev
@@ -338,10 +339,9 @@ class UserNetPort(Port):
         with contextlib.suppress(OSError):
             sock.sendto(data, dst)
 
-    def _on_udp_readable(self, flow: UdpFlow) -> None:
-        sock = flow.handle
-        if not isinstance(sock, socket.socket):
-            return
+    def _drain(self, sock: socket.socket, deliver: Callable[[memoryview, Any], None]) -> None:
+        """Read every datagram waiting on ``sock`` (up to a bound per wakeup) into the shared buffer and
+        hand each to ``deliver``, which must copy what it keeps; then run the engine's actions once."""
         view = memoryview(self._udp_buf)
         for _ in range(64):
             try:
@@ -349,9 +349,15 @@ class UserNetPort(Port):
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                continue
-            self.stack.udp_received(flow, view[:n], src, self._loop.time())
+                continue  # an ICMP error queued on the socket: nothing to deliver
+            deliver(view[:n], src)
         self._pump()
+
+    def _on_udp_readable(self, flow: UdpFlow) -> None:
+        sock = flow.handle
+        if isinstance(sock, socket.socket):
+            now = self._loop.time()
+            self._drain(sock, lambda data, src: self.stack.udp_received(flow, data, src, now))
 
     def _close_udp(self, flow: UdpFlow) -> None:
         sock = flow.handle
@@ -362,15 +368,8 @@ class UserNetPort(Port):
         flow.handle = None
 
     def _on_fwd_datagram(self, rule: HostForward, sock: socket.socket) -> None:
-        for _ in range(64):
-            try:
-                n, client = sock.recvfrom_into(self._udp_buf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
-            self.stack.hostfwd_udp(rule, client, memoryview(self._udp_buf)[:n], self._loop.time())
-        self._pump()
+        now = self._loop.time()
+        self._drain(sock, lambda data, client: self.stack.hostfwd_udp(rule, client, data, now))
 
     # -- DNS upstream ----------------------------------------------------------------------------------------
     def _dns_send(self, upstream: tuple[str, int], data: bytes) -> None:
@@ -382,18 +381,9 @@ class UserNetPort(Port):
             self._dns_sock.sendto(data, upstream)
 
     def _on_dns_readable(self) -> None:
-        sock = self._dns_sock
-        if sock is None:
-            return
-        for _ in range(64):
-            try:
-                data, src = sock.recvfrom(UDP_BUFSIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
-            self.stack.dns_response(src, data, self._loop.time())
-        self._pump()
+        if self._dns_sock is not None:
+            now = self._loop.time()
+            self._drain(self._dns_sock, lambda data, src: self.stack.dns_response(src, bytes(data), now))
 
     # -- ICMP echo -------------------------------------------------------------------------------------------
     def _ping_send(self, flow: PingFlow, seq: int, data: bytes) -> None:
@@ -438,40 +428,29 @@ class UserNetPort(Port):
         return self._raw_icmp
 
     def _on_raw_icmp_readable(self) -> None:
-        """A raw ICMP socket hears every ICMP message to the host: keep echo replies to our flows."""
-        sock = self._raw_icmp
-        if sock is None:
+        if self._raw_icmp is not None:
+            self._drain(self._raw_icmp, self._raw_icmp_message)
+
+    def _raw_icmp_message(self, data: memoryview, src: Any) -> None:
+        """A raw ICMP socket hears every ICMP message to the host (IP header included): keep the echo
+        replies that answer our flows."""
+        hlen = (data[0] & 0x0F) * 4 if data else 0
+        if len(data) < hlen + 8 or data[hlen] != 0:
             return
-        for _ in range(64):
-            try:
-                data, src = sock.recvfrom(UDP_BUFSIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
-            hlen = (data[0] & 0x0F) * 4 if data else 0
-            if len(data) < hlen + 8 or data[hlen] != 0:
-                continue
-            flow = self._raw_flows.get((src[0], int.from_bytes(data[hlen + 4 : hlen + 6], "big")))
-            if flow is not None:
-                seq = int.from_bytes(data[hlen + 6 : hlen + 8], "big")
-                self.stack.ping_reply(flow, seq, data[hlen + 8 :], self._loop.time())
-        self._pump()
+        flow = self._raw_flows.get((src[0], int.from_bytes(data[hlen + 4 : hlen + 6], "big")))
+        if flow is not None:
+            seq = int.from_bytes(data[hlen + 6 : hlen + 8], "big")
+            self.stack.ping_reply(flow, seq, bytes(data[hlen + 8 :]), self._loop.time())
 
     def _on_ping_readable(self, flow: PingFlow) -> None:
         sock = flow.handle
-        if not isinstance(sock, socket.socket):
-            return
-        for _ in range(16):
-            try:
-                data = sock.recv(UDP_BUFSIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
-            if len(data) >= 8 and data[0] == 0:
-                self.stack.ping_reply(flow, int.from_bytes(data[6:8], "big"), data[8:], self._loop.time())
-        self._pump()
+        if isinstance(sock, socket.socket):
+            self._drain(sock, lambda data, _src: self._ping_socket_message(flow, data))
+
+    def _ping_socket_message(self, flow: PingFlow, data: memoryview) -> None:
+        """A ping socket delivers the ICMP message alone; the kernel rewrote the id, ours is the flow's."""
+        if len(data) >= 8 and data[0] == 0:
+            self.stack.ping_reply(flow, int.from_bytes(data[6:8], "big"), bytes(data[8:]), self._loop.time())
 
     def _close_ping(self, flow: PingFlow) -> None:
         if flow.handle is RAW_PING:
