@@ -1382,3 +1382,20 @@ def test_fuzz_tcp_conversation(steps: list[tuple[Any, ...]]) -> None:
         settle()
     assert net.stack.tcp == {}
     assert closes == dict.fromkeys(relays, 1)
+
+
+def test_the_timer_heap_stays_small_during_a_long_transfer() -> None:
+    """Each segment re-arms the connection's timers; the stack's heap must not keep an entry per call
+    (it once did: two per segment, half of them due two hours later with keepalive)."""
+    net = Net()
+    g, relay = open_relay(net)
+    for _ in range(2000):
+        net.now += 0.0005
+        g.send("A", b"x" * 1000)
+        for action in net.actions():
+            if isinstance(action, TcpWrite):
+                net.stack.tcp_written(relay, len(action.data), net.now)
+        net.frames()
+    assert len(net.stack._timers) < 20
+    net.advance(10)
+    assert len(net.stack._timers) < 20

@@ -147,6 +147,7 @@ class TcpRelay:
         "hostfwd",
         "peer_label",
         "read_paused",
+        "scheduled",
     )
 
     def __init__(self, conn: TcpConnection, host_target: tuple[str, int] | str | None, guest_key: FlowKey) -> None:
@@ -158,6 +159,7 @@ class TcpRelay:
         self.dns_pending = 0  # DNS-over-TCP queries not answered yet
         self.dns_eof = False  # the guest half-closed: FIN once they are answered
         self.read_paused = False
+        self.scheduled = float("inf")  # the deadline this relay has in the stack's timer heap
         self.hostfwd = False
         self.peer_label = ""
 
@@ -315,6 +317,7 @@ class UserStack:
         self._timers: list[tuple[float, int, object]] = []
         self._timer_seq = itertools.count()
         self._ip_ident = 0
+        self._resolver_scheduled = float("inf")
         self._isn = isn_seed & 0xFFFFFFFF
         self._udp_count: dict[bytes, int] = {}
         self._tcp_count: dict[bytes, int] = {}
@@ -522,7 +525,8 @@ class UserStack:
                 self._emit_udp(self.dns_ip, 53, guest_ip, guest_port, action.payload)
         if self.resolver is not None:
             deadline = self.resolver.get_timer()
-            if deadline is not None:
+            if deadline is not None and deadline < self._resolver_scheduled:
+                self._resolver_scheduled = deadline
                 self._schedule(deadline, self.resolver)
 
     def dns_response(self, upstream: tuple[str, int], data: bytes, now: float) -> None:
@@ -680,7 +684,8 @@ class UserStack:
         for segment in conn.segments_to_send(now):
             self._emit_ip(conn.local[0], conn.remote[0], IPPROTO_TCP, segment)
         deadline = conn.get_timer()
-        if deadline is not None and self.tcp.get(relay.guest_key) is relay:
+        if deadline is not None and deadline < relay.scheduled and self.tcp.get(relay.guest_key) is relay:
+            relay.scheduled = deadline  # later deadlines are found when this entry comes due
             self._schedule(deadline, relay)
 
     def _tcp_forget(self, relay: TcpRelay) -> None:
@@ -786,11 +791,15 @@ class UserStack:
         while timers and timers[0][0] <= now:
             _deadline, _seq, owner = heapq.heappop(timers)
             if isinstance(owner, TcpRelay):
-                if self.tcp.get(owner.guest_key) is owner:
+                if self.tcp.get(owner.guest_key) is owner and _deadline == owner.scheduled:
+                    owner.scheduled = float("inf")
                     deadline = owner.conn.get_timer()
                     if deadline is not None and deadline <= now:
                         owner.conn.handle_timer(now)
                         self._flush_tcp(owner, now)
+                    elif deadline is not None:
+                        owner.scheduled = deadline
+                        self._schedule(deadline, owner)
             elif isinstance(owner, UdpFlow):
                 key = (owner.guest_ip, owner.guest_port)
                 if self.udp_flows.get(key) is owner:
@@ -814,11 +823,13 @@ class UserStack:
                         self._actions.append(PingClose(owner))
                     else:
                         self._schedule(owner.expires, owner)
-            elif owner is self.resolver and self.resolver is not None:
+            elif owner is self.resolver and self.resolver is not None and _deadline == self._resolver_scheduled:
+                self._resolver_scheduled = float("inf")
                 deadline = self.resolver.get_timer()
                 if deadline is not None and deadline <= now:
                     self._dns_actions(self.resolver.handle_timer(now), now)
                 elif deadline is not None:
+                    self._resolver_scheduled = deadline
                     self._schedule(deadline, self.resolver)
 
     # -- monitor -------------------------------------------------------------------------------------------

@@ -253,10 +253,7 @@ class DgramPort(Port):
         except OSError:
             return False
         if isinstance(self._connect_to, str):
-            try:
-                self._peer_inode = os.stat(self._connect_to).st_ino
-            except OSError:
-                self._peer_inode: tuple[int, int] | None = None  # (inode, ctime) of the socket we connected to
+            self._peer_inode = _file_identity(self._connect_to)
         return True
 
     def _check_peer(self) -> None:

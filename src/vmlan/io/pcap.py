@@ -7,9 +7,13 @@ so a capture costs no syscall per frame; the file is complete once the dump is c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 
 from vmlan.wire.pcap import build_global_header, build_record
+
+log = logging.getLogger("vmlan")
 
 FLUSH_INTERVAL = 0.25
 FLUSH_BYTES = 256 * 1024
@@ -26,9 +30,14 @@ class PcapDump:
         self._buf = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self.frames = 0
+        self.failed = False
 
     def write(self, frame: bytes | memoryview) -> None:
-        self._buf += build_record(frame, time.time(), self.maxlen)
+        if self.failed:
+            return
+        # pcap's 32-bit seconds: a clock outside 1970..2038 is clamped, not a reason to lose the frame.
+        ts = min(max(time.time(), 0.0), float(2**31 - 1))
+        self._buf += build_record(frame, ts, self.maxlen)
         self.frames += 1
         if len(self._buf) >= FLUSH_BYTES:
             self.flush()
@@ -39,11 +48,16 @@ class PcapDump:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._buf and not self._file.closed:
-            self._file.write(self._buf)
-            self._file.flush()
+        if self._buf and not self._file.closed and not self.failed:
+            try:
+                self._file.write(self._buf)
+                self._file.flush()
+            except OSError as exc:  # disk full, file system gone: stop capturing, keep forwarding
+                self.failed = True
+                log.warning("filter-dump %s: %s; capture stopped", self.path, exc.strerror or exc)
             self._buf.clear()
 
     def close(self) -> None:
         self.flush()
-        self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()

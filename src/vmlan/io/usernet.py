@@ -148,6 +148,7 @@ class UserNetPort(Port):
         "_timer_at",
         "_udp_buf",
         "cfg",
+        "internal_errors",
         "label",
         "leases_path",
         "ping_dropped",
@@ -180,6 +181,7 @@ class UserNetPort(Port):
         self._raw_icmp_failed = False
         self._raw_flows: dict[tuple[str, int], PingFlow] = {}
         self.ping_dropped = 0
+        self.internal_errors = 0
         self.label = f"user {user.id}"
 
     @property
@@ -249,12 +251,11 @@ class UserNetPort(Port):
     def transmit(self, frame: bytes | memoryview) -> bool:
         try:
             self.stack.receive_frame(frame, self._loop.time())
-        except Exception:  # an engine bug must cost one frame, never the port: count it, say it once
-            self.counters.tx_dropped += 1
-            if self.counters.tx_dropped == 1:
-                log.exception("%s: frame dropped by an internal error", self.label)
+        except Exception:  # an engine bug must cost one frame, never the port
+            self._internal_error("a frame from the hub failed")
             return False
-        self._pump()
+        finally:
+            self._pump()
         return True
 
     def _flush_frames(self) -> None:
@@ -276,7 +277,10 @@ class UserNetPort(Port):
                 action = stack.next_action()
                 if action is None:
                     break
-                self._do(action)
+                try:
+                    self._do(action)
+                except Exception:  # e.g. EMFILE from socket(): this action is lost, the stack goes on
+                    self._internal_error("a host socket operation failed")
             frames = stack.frames_to_send()
             if frames:
                 if not self._out_frames:
@@ -297,8 +301,17 @@ class UserNetPort(Port):
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = float("inf")
-        self.stack.handle_timer(self._loop.time())
-        self._pump()
+        try:
+            self.stack.handle_timer(self._loop.time())
+        except Exception:
+            self._internal_error("a timer failed")
+        self._pump()  # re-arms the timer whatever happened
+
+    def _internal_error(self, what: str) -> None:
+        """A bug or an exhausted resource: counted, logged once with its traceback, never fatal."""
+        self.internal_errors += 1
+        if self.internal_errors == 1:
+            log.exception("%s: %s", self.label, what)
 
     def _do(self, action: Any) -> None:
         if isinstance(action, TcpWrite):
@@ -350,7 +363,10 @@ class UserNetPort(Port):
                 break
             except OSError:
                 continue  # an ICMP error queued on the socket: nothing to deliver
-            deliver(view[:n], src)
+            try:
+                deliver(view[:n], src)
+            except Exception:
+                self._internal_error("a datagram from the host failed")
         self._pump()
 
     def _on_udp_readable(self, flow: UdpFlow) -> None:
