@@ -113,3 +113,20 @@ def test_sigint_with_connected_peers_exits_cleanly(tmp_path):
     assert "Traceback" not in err
     assert peer.recv(10) == b""
     assert not path.exists()
+
+
+def test_a_socket_directory_that_cannot_be_made_is_one_line_and_status_1():
+    proc = run("run", "-netdev", "stream,id=s,server=on,addr.type=unix,addr.path=/proc/nonexistent/a.sock")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("vmlan: -netdev stream,id=s: cannot create the socket's directory:")
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_default_socket_directory_must_be_private(tmp_path):
+    shared = tmp_path / "vmlan"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # writable by anyone: another user could plant a socket there
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    proc = subprocess.run([*VMLAN, "run"], env=env, capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1
+    assert "is not a private directory of this user" in proc.stderr and "Traceback" not in proc.stderr

@@ -19,6 +19,7 @@ from vmlan.config.netdev import UserNetdev
 from vmlan.config.qemu_args import guest_args
 from vmlan.io.errors import LinkError
 from vmlan.io.loop import new_event_loop
+from vmlan.io.sockopt import raise_fd_limit
 
 if TYPE_CHECKING:
     from vmlan.io.runtime import Runtime
@@ -81,14 +82,23 @@ def run(cfg: RunConfig) -> int:
     asyncio.set_event_loop(loop)
     runtime = Runtime(cfg, loop)
     stop = asyncio.Event()
+    raise_fd_limit()
     try:
-        try:
-            loop.run_until_complete(runtime.start())
-        except LinkError as exc:
-            sys.stderr.write(f"vmlan: {exc}\n")
-            return 1
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        starting = loop.create_task(runtime.start())
+        loop.run_until_complete(asyncio.wait([starting, loop.create_task(stop.wait())],
+                                             return_when=asyncio.FIRST_COMPLETED))
+        if not starting.done():  # SIGINT/SIGTERM while still connecting
+            starting.cancel()
+            loop.run_until_complete(asyncio.gather(starting, return_exceptions=True))
+            return 0
+        exc = starting.exception()
+        if isinstance(exc, LinkError):
+            sys.stderr.write(f"vmlan: {exc}\n")
+            return 1
+        if exc is not None:
+            raise exc
         loop.add_signal_handler(signal.SIGUSR1, lambda: sys.stderr.write(_monitor_text(runtime) + "\n"))
         _print_attach_hints(cfg)
         log.info("ready: %d netdev(s) on %d hub(s)", len(cfg.netdevs), len(cfg.hubs))

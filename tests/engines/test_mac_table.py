@@ -32,3 +32,19 @@ def test_capacity_bound_refuses_new_sources():
     assert len(t) == 2 and t.learn_refused == 1
     t.learn(b"\x02" * 6, 3, 200)  # everything older has aged out: room again
     assert t.lookup(b"\x02" * 6, 200) == 3
+
+
+def test_a_full_table_is_not_rescanned_for_every_new_source():
+    """A guest spraying source MACs must not make each frame scan the whole table."""
+    class Counting(MacTable[int]):
+        scans = 0
+
+        def expire(self, now: float) -> float | None:
+            Counting.scans += 1
+            return super().expire(now)
+
+    t = Counting(aging=300, capacity=64)
+    for i in range(5000):
+        t.learn(i.to_bytes(6, "big"), i, now=i * 0.0001)  # 5000 sources in half a second
+    assert len(t) == 64 and t.learn_refused == 5000 - 64
+    assert Counting.scans <= 1

@@ -1399,3 +1399,23 @@ def test_the_timer_heap_stays_small_during_a_long_transfer() -> None:
     assert len(net.stack._timers) < 20
     net.advance(10)
     assert len(net.stack._timers) < 20
+
+
+def test_sources_outside_the_guest_network_are_dropped_before_any_flow() -> None:
+    """Per-guest caps are keyed by source address: spoofed sources must not get flows at all."""
+    net = Net()
+    for i in range(50):
+        net.send(IP(src=f"198.51.100.{i}", dst=HOST) / UDP(sport=4000, dport=9999) / Raw(b"x"))
+    assert net.actions() == [] and net.stack.udp_flows == {}
+    assert net.stack.counters.bad_source == 50
+    net.send(IP(src=GUEST, dst=HOST) / UDP(sport=4000, dport=9999) / Raw(b"x"))
+    assert isinstance(only(net.actions()), UdpSend)
+
+
+def test_pings_per_guest_are_capped() -> None:
+    net = Net()
+    for ident in range(100):
+        net.send(echo(OUTSIDE, ident=ident))
+    sends = [a for a in net.actions() if isinstance(a, PingSend)]
+    assert len(sends) == net.cfg.max_pings_per_guest
+    assert net.stack.counters.ping_dropped_cap == 100 - net.cfg.max_pings_per_guest

@@ -23,12 +23,13 @@ class _Entry(Generic[P]):
 class MacTable(Generic[P]):
     """MAC -> (port, last seen). Bounded: when full, unknown sources are not learned (they flood)."""
 
-    __slots__ = ("_entries", "aging", "capacity", "learn_refused")
+    __slots__ = ("_entries", "_last_expire", "aging", "capacity", "learn_refused")
 
     def __init__(self, aging: float = 300.0, capacity: int = 4096) -> None:
         self.aging = aging
         self.capacity = capacity
         self.learn_refused = 0
+        self._last_expire = float("-inf")
         self._entries: dict[bytes, _Entry[P]] = {}
 
     def learn(self, mac: bytes, port: P, now: float) -> None:
@@ -39,7 +40,11 @@ class MacTable(Generic[P]):
             entry.seen = now
             return
         if len(self._entries) >= self.capacity:
-            self.expire(now)
+            # A full table is scanned at most once a second: a guest spraying source MACs would
+            # otherwise make every frame cost a scan of the whole table.
+            if now - self._last_expire >= 1.0:
+                self._last_expire = now
+                self.expire(now)
             if len(self._entries) >= self.capacity:
                 self.learn_refused += 1
                 return

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import socket
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -110,8 +111,11 @@ class StackConfig:
     udp_timeout: float = 240.0  # libslirp's SO_EXPIRE
     udp_dns_timeout: float = 10.0  # flows to port 53 die fast, as in libslirp
     icmp_timeout: float = 30.0
-    max_udp_flows_per_guest: int = 512
-    max_tcp_per_guest: int = 2048
+    max_udp_flows_per_guest: int = 256
+    max_tcp_per_guest: int = 256  # each is a host socket: the fd limit is the real bound
+    max_pings_per_guest: int = 32
+    max_guest_addresses: int = 1024
+    max_udp_fwd_sessions: int = 256  # per UDP hostfwd rule
     tcp: TcpParams = field(default_factory=TcpParams)
 
 
@@ -265,11 +269,13 @@ class StackCounters:
     __slots__ = (
         "arp_replies",
         "bad_ipv4",
+        "bad_source",
         "dropped_restrict",
         "fragments",
         "icmp_local_replies",
         "icmp_sent",
         "not_for_us",
+        "ping_dropped_cap",
         "tcp_flows",
         "tcp_refused_cap",
         "udp_dropped_cap",
@@ -279,10 +285,12 @@ class StackCounters:
     def __init__(self) -> None:
         self.arp_replies = 0
         self.bad_ipv4 = 0  # malformed or bad checksum: dropped
+        self.bad_source = 0  # source address outside the guests' network: dropped
         self.dropped_restrict = 0
         self.fragments = 0
         self.icmp_local_replies = 0
         self.icmp_sent = 0
+        self.ping_dropped_cap = 0
         self.not_for_us = 0
         self.tcp_flows = 0
         self.tcp_refused_cap = 0
@@ -321,6 +329,7 @@ class UserStack:
         self._isn = isn_seed & 0xFFFFFFFF
         self._udp_count: dict[bytes, int] = {}
         self._tcp_count: dict[bytes, int] = {}
+        self._ping_count: dict[bytes, int] = {}
 
     # -- outputs -----------------------------------------------------------------------------------------
     def frames_to_send(self) -> list[bytes]:
@@ -350,14 +359,22 @@ class UserStack:
         htype, ptype, hlen, plen, op, sha, spa, _tha, tpa = _ARP.unpack_from(frame, 14)
         if htype != 1 or ptype != ETH_P_IP or hlen != 6 or plen != 4:
             return
-        if self._in_net(spa) and spa not in (self.host_ip, self.dns_ip) and spa != b"\0\0\0\0":
-            self.guest_macs[spa] = sha
+        if self._in_net(spa) and spa not in (self.host_ip, self.dns_ip, self.bcast_ip) and spa != b"\0\0\0\0":
+            self._learn_mac(spa, sha)
         if op != 1 or not self._is_virtual_host(tpa):
             return
         mac = virtual_mac(tpa)
         reply = _ARP.pack(1, ETH_P_IP, 6, 4, 2, mac, tpa, sha, spa)
         self._frames.append(_ETH.pack(sha, mac, ETH_P_ARP) + reply + b"\0" * 18)
         self.counters.arp_replies += 1
+
+    def _learn_mac(self, ip: bytes, mac: bytes) -> None:
+        """Bounded: a guest spraying source addresses (net may be as large as /4) must not grow it."""
+        macs = self.guest_macs
+        if macs.get(ip) != mac:
+            if len(macs) >= self.cfg.max_guest_addresses and ip not in macs:
+                del macs[next(iter(macs))]  # the oldest learned
+            macs[ip] = mac
 
     def _is_virtual_host(self, ip: bytes) -> bool:
         return ip == self.host_ip or ip == self.dns_ip or any(g.addr == ip for g in self.cfg.guestfwd)
@@ -375,8 +392,12 @@ class UserStack:
             self.counters.fragments += 1  # libslirp reassembles; guests at MTU <= link MTU never fragment TCP
             return
         src = ip.src
-        if self._in_net(src) and src not in (self.host_ip, self.dns_ip):
-            self.guest_macs[src] = src_mac
+        if not self._in_net(src) or src in (self.host_ip, self.dns_ip, self.bcast_ip):
+            if not (src == b"\0\0\0\0" and ip.proto == IPPROTO_UDP):  # DHCP clients have no address yet
+                self.counters.bad_source += 1  # spoofed: would dodge the per-guest caps
+                return
+        else:
+            self._learn_mac(src, src_mac)
         payload = memoryview(frame)[start:end] if not isinstance(frame, memoryview) else frame[start:end]
         if ip.proto == IPPROTO_TCP:
             self._tcp_input(ip, payload, now)
@@ -431,13 +452,13 @@ class UserStack:
             return LOOPBACK if self.cfg.host_loopback else None
         if self._in_net(dst) or dst[0] >= 224 or dst[0] in (0, 127):
             return None  # 0/8 would reach the host's loopback too (Linux delivers 0.0.0.0 locally)
-        return str(IPv4Address(dst))
+        return socket.inet_ntoa(dst)
 
     def _guest_source(self, host: str) -> bytes:
         """The address a host peer appears from, inside the guest network."""
         if host.startswith("127."):
             return self.host_ip
-        return IPv4Address(host).packed
+        return socket.inet_aton(host)
 
     # -- UDP -----------------------------------------------------------------------------------------------
     def _udp_input(self, ip: Ipv4Header, seg: memoryview, src_mac: bytes, now: float) -> None:
@@ -503,7 +524,7 @@ class UserStack:
         if reply is None:
             return
         if reply.dst_ip != b"\xff\xff\xff\xff":
-            self.guest_macs[reply.dst_ip] = reply.dst_mac
+            self._learn_mac(reply.dst_ip, reply.dst_mac)
         self._emit_udp(self.host_ip, 67, reply.dst_ip, 68, reply.payload, reply.dst_mac)
 
     # -- DNS -----------------------------------------------------------------------------------------------
@@ -516,7 +537,11 @@ class UserStack:
             if isinstance(client, TcpRelay):
                 client.dns_pending = max(0, client.dns_pending - 1)
                 if client.dns_framer is not None and self.tcp.get(client.guest_key) is client:
-                    client.conn.send(TcpDnsFramer.frame(action.payload), now)
+                    message = TcpDnsFramer.frame(action.payload)
+                    if client.conn.send(message, now) < len(message):
+                        client.conn.abort(now)  # a guest that never reads: a cut message would corrupt the stream
+                        self._flush_tcp(client, now)
+                        continue
                     if client.dns_eof and client.dns_pending == 0:
                         client.conn.shutdown(now)
                     self._flush_tcp(client, now)
@@ -557,8 +582,13 @@ class UserStack:
             return
         key = (ip.src, ident)
         flow = self.pings.get(key)
+        if flow is None and self._ping_count.get(ip.src, 0) >= self.cfg.max_pings_per_guest:
+            self.counters.ping_dropped_cap += 1
+            return
         if flow is None or flow.dst != target:
-            if flow is not None:
+            if flow is None:
+                self._ping_count[ip.src] = self._ping_count.get(ip.src, 0) + 1
+            else:
                 self._actions.append(PingClose(flow))  # same id, new destination: a new socket
             flow = PingFlow(ip.src, ident, target, now, self.cfg.icmp_timeout)
             self.pings[key] = flow
@@ -664,8 +694,10 @@ class UserStack:
                     conn.consume(len(event.data))
                     for message in relay.dns_framer.feed(event.data):
                         if self.resolver is not None:
-                            relay.dns_pending += 1
-                            self._dns_actions(self.resolver.query(message, relay, now, tcp=True), now)
+                            actions = self.resolver.query(message, relay, now, tcp=True)
+                            if actions:  # dropped queries (duplicates, malformed) get no answer to wait for
+                                relay.dns_pending += 1
+                            self._dns_actions(actions, now)
                 else:
                     self._actions.append(TcpWrite(relay, event.data))
             elif isinstance(event, EndOfStream):
@@ -772,6 +804,10 @@ class UserStack:
         key = (rule.guest_addr, rule.guest_port, src, client[1])
         session = self.udp_fwd.get(key)
         if session is None:
+            sessions = [s for s in self.udp_fwd.values() if s.rule is rule]
+            if len(sessions) >= self.cfg.max_udp_fwd_sessions:
+                oldest = min(sessions, key=lambda s: s.expires)
+                del self.udp_fwd[oldest.key]  # its heap entry is skipped when it comes due
             session = UdpFwdSession(rule, client, key, now + self.cfg.udp_timeout)
             self.udp_fwd[key] = session
             self._schedule(session.expires, session)
@@ -820,6 +856,7 @@ class UserStack:
                 if self.pings.get(key2) is owner:
                     if owner.expires <= now:
                         del self.pings[key2]
+                        self._ping_count[owner.guest_ip] = max(0, self._ping_count.get(owner.guest_ip, 1) - 1)
                         self._actions.append(PingClose(owner))
                     else:
                         self._schedule(owner.expires, owner)

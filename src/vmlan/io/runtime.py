@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 
 from vmlan.config.cmdline import RunConfig
 from vmlan.config.netdev import DgramNetdev, StreamNetdev, UnixAddr, UserNetdev
@@ -50,7 +51,15 @@ class Runtime:
                         port.dump_tx = dump
 
             if isinstance(nd_cfg, StreamNetdev):
-                _ensure_parent(nd_cfg)
+                try:
+                    _ensure_parent(nd_cfg)
+                    if self.cfg.is_default and isinstance(nd_cfg.addr, UnixAddr):
+                        check_private_dir(os.path.dirname(nd_cfg.addr.path))
+                except OSError as exc:
+                    raise LinkError(
+                        f"-netdev {nd_cfg.driver},id={nd_cfg.id}: cannot create the socket's directory: "
+                        f"{exc.strerror or exc}"
+                    ) from None
                 if nd_cfg.server:
                     server = StreamServer(nd_cfg, hub, self.loop)
                     server.on_port = attach_dumps
@@ -90,3 +99,11 @@ def _ensure_parent(cfg: StreamNetdev) -> None:
         parent = os.path.dirname(cfg.addr.path)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent, mode=0o700, exist_ok=True)
+
+
+def check_private_dir(path: str) -> None:
+    """The default socket directory may sit in /tmp: it must be a real directory of ours that nobody
+    else can write to, or another user could put their own socket where QEMU will connect."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise LinkError(f"{path} is not a private directory of this user: refusing to serve from it")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from vmlan.config.netdev import SocketAddress, StreamNetdev, UnixAddr
 from vmlan.io.errors import LinkError
-from vmlan.io.sockopt import LINK_BUFFER, grow_buffers
+from vmlan.io.sockopt import LINK_BUFFER, accept_pending, grow_buffers
 from vmlan.lan import Hub, Port
 
 log = logging.getLogger("vmlan")
@@ -269,30 +269,23 @@ class StreamServer:
         return f"listening on {format_addr(self.cfg.addr)}, {len(self.ports)} peer(s)"
 
     def _on_accept(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                conn, raddr = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("%s: accept failed: %s", self.label, exc.strerror)
-                return
-            self._counter += 1
-            if self.cfg.driver == "socket":
-                peer = f"socket: connection from {raddr[0]}:{raddr[1]}"
-            elif isinstance(raddr, tuple):
-                peer = f"tcp:{raddr[0]}:{raddr[1]}"
-            else:
-                peer = f"unix:{self.cfg.addr}"
-            port = StreamPort(f"{self.cfg.id}.{self._counter}", conn, peer, self.loop, self._port_closed)
-            self.ports.append(port)
-            if self.on_port is not None:
-                self.on_port(port)
-            self.lan.attach(port)
-            port.start()
-            log.info("%s: peer %s connected (%s)", self.label, port.name, peer)
+        if self._sock is not None:
+            accept_pending(self._sock, self.loop, self._on_accept, self._accepted)
+
+    def _accepted(self, conn: socket.socket, raddr: object) -> None:
+        self._counter += 1
+        if isinstance(raddr, tuple):
+            host, rport = raddr[0], raddr[1]
+            peer = f"socket: connection from {host}:{rport}" if self.cfg.driver == "socket" else f"tcp:{host}:{rport}"
+        else:
+            peer = f"unix:{self.cfg.addr}"
+        port = StreamPort(f"{self.cfg.id}.{self._counter}", conn, peer, self.loop, self._port_closed)
+        self.ports.append(port)
+        if self.on_port is not None:
+            self.on_port(port)
+        self.lan.attach(port)
+        port.start()
+        log.info("%s: peer %s connected (%s)", self.label, port.name, peer)
 
     def _port_closed(self, port: StreamPort, reason: str) -> None:
         if port in self.ports:

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -46,6 +47,7 @@ from vmlan.engines.usernet import (
     UserStack,
 )
 from vmlan.io.errors import LinkError
+from vmlan.io.sockopt import accept_pending
 from vmlan.lan import Port
 from vmlan.wire.checksum import internet_checksum
 
@@ -291,7 +293,9 @@ class UserNetPort(Port):
                 if self._timer is not None:
                     self._timer.cancel()
                 self._timer_at = deadline
-                self._timer = self._loop.call_at(deadline, self._on_timer)
+                # uvloop rounds to whole milliseconds and may fire early: the engine would find
+                # nothing due and the loop would spin until the deadline.
+                self._timer = self._loop.call_at(math.ceil(deadline * 1000) / 1000 + 0.0005, self._on_timer)
             dhcp = stack.dhcp
             if dhcp is not None and self.leases_path and dhcp.changed != self._leases_saved and not self._leases_timer:
                 self._leases_timer = self._loop.call_later(LEASES_SAVE_DELAY, self._save_leases)
@@ -486,7 +490,11 @@ class UserNetPort(Port):
         if isinstance(target, str):
             self._spawn_guestfwd(relay, target)
             return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:  # out of file descriptors: the guest gets a RST, not a hang
+            self._connect_failed(relay, exc.errno or errno.EMFILE)
+            return
         sock.setblocking(False)
         host = _HostTcp(sock)
         relay.handle = host
@@ -500,7 +508,11 @@ class UserNetPort(Port):
 
     def _spawn_guestfwd(self, relay: TcpRelay, command: str) -> None:
         """guestfwd=...-cmd:COMMAND: the command's stdin/stdout is the connection (as QEMU's cmd:)."""
-        ours, theirs = socket.socketpair()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError as exc:
+            self._connect_failed(relay, exc.errno or errno.EMFILE)
+            return
         try:
             proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=theirs, stdout=theirs, close_fds=True)
         except OSError:
@@ -668,25 +680,22 @@ class UserNetPort(Port):
                 host.proc.terminate()
 
     def _on_fwd_accept(self, rule: HostForward, sock: socket.socket) -> None:
-        for _ in range(16):
-            try:
-                conn, client = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            conn.setblocking(False)
-            with contextlib.suppress(OSError):
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            relay = self.stack.hostfwd_connect(rule, client, self._loop.time())
-            if relay is None:
-                conn.close()
-                continue
-            relay.handle = _HostTcp(conn)
-            self._start_reading(relay)
-            log.info("%s: hostfwd %s:%d connection from %s:%d", self.label, rule.host_addr or "*", rule.host_port,
-                     client[0], client[1])
+        accept_pending(sock, self._loop, lambda: self._on_fwd_accept(rule, sock),
+                       lambda conn, client: self._fwd_accepted(rule, conn, client), limit=16)
         self._pump()
+
+    def _fwd_accepted(self, rule: HostForward, conn: socket.socket, client: Any) -> None:
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        relay = self.stack.hostfwd_connect(rule, client, self._loop.time())
+        if relay is None:
+            conn.close()
+            return
+        relay.handle = _HostTcp(conn)
+        self._start_reading(relay)
+        log.info("%s: hostfwd %s:%d connection from %s:%d", self.label, rule.host_addr or "*", rule.host_port,
+                 client[0], client[1])
 
     # -- monitor -------------------------------------------------------------------------------------------
     def loop_time(self) -> float:
