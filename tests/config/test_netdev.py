@@ -135,3 +135,23 @@ def test_run_args_default_and_hubs():
 )
 def test_guest_side_options_mirror_ours(vmlan_side, qemu_side):
     assert guest_netdev(parse_netdev(vmlan_side)) == qemu_side
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("stream,id=a,addr.type=inet,addr.host=127.0.0.1,addr.port=1,addr.to=9", "Parameter 'addr.to' is not supported"),
+        ("stream,id=a,addr.type=inet,addr.host=127.0.0.1,addr.port=1,addr.mptcp=on", "Parameter 'addr.mptcp' is not"),
+        ("stream,id=a,addr.type=unix,addr.path=x,addr.abstract=on,addr.tight=off", "Parameter 'addr.tight' is not"),
+    ],
+)
+def test_qemu_address_options_vmlan_lacks_are_refused_not_ignored(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_netdev(text)
+
+
+def test_keep_alive_is_kept_and_harmless_options_accepted():
+    nd = parse_netdev("stream,id=a,addr.type=inet,addr.host=127.0.0.1,addr.port=1,addr.keep-alive=on,addr.mptcp=off")
+    assert isinstance(nd, StreamNetdev) and isinstance(nd.addr, InetAddr) and nd.addr.keepalive
+    nd = parse_netdev("stream,id=a,addr.type=unix,addr.path=x,addr.abstract=on,addr.tight=on")
+    assert nd.addr == UnixAddr("x", True)

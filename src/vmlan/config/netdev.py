@@ -31,6 +31,7 @@ from vmlan.config.usernet import UserNetdev, parse_user_netdev
 class InetAddr:
     host: str  # "" means any address (INADDR_ANY) when binding
     port: int
+    keepalive: bool = False  # addr.keep-alive=on: SO_KEEPALIVE, so a vanished peer's port goes away
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -201,6 +202,12 @@ def _socket_address(prefix: str, tree: Any, flat: dict[str, str]) -> SocketAddre
     for key in tree:
         if key not in allowed:
             raise ConfigError(f"Invalid parameter '{prefix}.{key}'")
+    # QEMU options vmlan does not implement are refused, never silently ignored.
+    refused = [key for key, value in (("to", None), ("mptcp", True), ("tight", False))
+               if key in tree and (value is None or parse_bool(f"{prefix}.{key}", tree[key]) is value)]
+    if refused:
+        key = refused[0]
+        raise ConfigError(f"Parameter '{prefix}.{key}' is not supported by vmlan (got '{tree[key]}')")
     if kind == "inet":
         for key in ("host", "port"):
             if key not in tree:
@@ -208,7 +215,10 @@ def _socket_address(prefix: str, tree: Any, flat: dict[str, str]) -> SocketAddre
         if tree.get("ipv6") is not None and parse_bool(f"{prefix}.ipv6", tree["ipv6"]):
             raise ConfigError(f"Parameter '{prefix}.ipv6' is not supported yet (got '{tree['ipv6']}')")
         host = tree["host"]
-        return InetAddr(_ipv4(f"{prefix}.host", host) if host else "", _parse_port(f"{prefix}.port", tree["port"]))
+        keepalive = parse_bool(f"{prefix}.keep-alive", tree.get("keep-alive", "off"))
+        return InetAddr(
+            _ipv4(f"{prefix}.host", host) if host else "", _parse_port(f"{prefix}.port", tree["port"]), keepalive
+        )
     if "path" not in tree or not tree["path"]:
         raise ConfigError(f"Parameter '{prefix}.path' is missing")
     abstract = parse_bool(f"{prefix}.abstract", tree.get("abstract", "off"))

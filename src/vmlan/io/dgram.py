@@ -39,7 +39,7 @@ from collections import deque
 from vmlan.config.netdev import DgramNetdev, InetAddr, SocketAddress, UnixAddr
 from vmlan.io.errors import LinkError
 from vmlan.io.sockopt import LINK_BUFFER, grow_buffers
-from vmlan.io.stream import NET_BUFSIZE
+from vmlan.io.stream import NET_BUFSIZE, sockaddr
 from vmlan.lan import Port
 
 log = logging.getLogger("vmlan")
@@ -88,9 +88,7 @@ def _file_identity(path: str) -> tuple[int, int] | None:
 
 
 def _sockaddr(addr: SocketAddress) -> str | bytes | tuple[str, int]:
-    if isinstance(addr, UnixAddr):
-        return ("\0" + addr.path).encode() if addr.abstract else addr.path
-    return (addr.host or "0.0.0.0", addr.port)
+    return sockaddr(addr)[1]
 
 
 class DgramPort(Port):

@@ -24,7 +24,7 @@ import stat
 import struct
 from collections.abc import Callable
 
-from vmlan.config.netdev import SocketAddress, StreamNetdev, UnixAddr
+from vmlan.config.netdev import InetAddr, SocketAddress, StreamNetdev, UnixAddr
 from vmlan.io.errors import LinkError
 from vmlan.io.sockopt import LINK_BUFFER, accept_pending, grow_buffers
 from vmlan.lan import Hub, Port
@@ -50,7 +50,8 @@ def format_addr(addr: SocketAddress) -> str:
     return f"tcp:{addr.host or '0.0.0.0'}:{addr.port}"
 
 
-def _sockaddr(addr: SocketAddress) -> tuple[int, str | bytes | tuple[str, int]]:
+def sockaddr(addr: SocketAddress) -> tuple[int, str | bytes | tuple[str, int]]:
+    """(address family, the address as the socket module takes it); abstract unix names start NUL."""
     if isinstance(addr, UnixAddr):
         path = ("\0" + addr.path).encode() if addr.abstract else addr.path
         return socket.AF_UNIX, path
@@ -87,6 +88,7 @@ class StreamPort(Port):
         on_close: Callable[[StreamPort, str], None],
         header: struct.Struct = QEMU_HEADER,
         max_frame: int = NET_BUFSIZE,
+        keepalive: bool = False,
     ) -> None:
         super().__init__(name)
         sock.setblocking(False)
@@ -95,6 +97,8 @@ class StreamPort(Port):
         # The default ~208 KB send buffer signals writable only after draining to a quarter: bursts
         # would pile into our output queue and overflow it.
         grow_buffers(sock, snd=LINK_BUFFER)
+        if keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._sock = sock
         self.fd = sock.fileno()
         self.peer = peer
@@ -218,8 +222,12 @@ class StreamPort(Port):
         self._on_close(self, reason)
 
 
+def _keepalive(cfg: StreamNetdev) -> bool:
+    return isinstance(cfg.addr, InetAddr) and cfg.addr.keepalive
+
+
 def _listen_socket(addr: SocketAddress, what: str) -> socket.socket:
-    family, sa = _sockaddr(addr)
+    family, sa = sockaddr(addr)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if isinstance(addr, UnixAddr):
@@ -279,7 +287,8 @@ class StreamServer:
             peer = f"socket: connection from {host}:{rport}" if self.cfg.driver == "socket" else f"tcp:{host}:{rport}"
         else:
             peer = f"unix:{self.cfg.addr}"
-        port = StreamPort(f"{self.cfg.id}.{self._counter}", conn, peer, self.loop, self._port_closed)
+        port = StreamPort(f"{self.cfg.id}.{self._counter}", conn, peer, self.loop, self._port_closed,
+                          keepalive=_keepalive(self.cfg))
         self.ports.append(port)
         if self.on_port is not None:
             self.on_port(port)
@@ -342,7 +351,7 @@ class StreamClient:
             self._schedule_retry()
 
     async def _connect(self) -> None:
-        family, sa = _sockaddr(self.cfg.addr)
+        family, sa = sockaddr(self.cfg.addr)
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
@@ -357,7 +366,7 @@ class StreamClient:
             sock.close()
             return
         peer = f"socket: connect to {self.cfg.addr}" if self.cfg.driver == "socket" else format_addr(self.cfg.addr)
-        port = StreamPort(self.cfg.id, sock, peer, self.loop, self._port_closed)
+        port = StreamPort(self.cfg.id, sock, peer, self.loop, self._port_closed, keepalive=_keepalive(self.cfg))
         self.port = port
         if self.on_port is not None:
             self.on_port(port)

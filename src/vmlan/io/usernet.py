@@ -56,6 +56,7 @@ log = logging.getLogger("vmlan")
 READ_CHUNK = 256 * 1024
 UDP_BUFSIZE = 65536
 CONNECT_TIMEOUT = 30.0
+LINGER_TIMEOUT = 30.0  # how long a closed relay may take to write the guest's last bytes to the host
 RAW_PING = "raw"  # PingFlow.handle of a flow served by the shared raw ICMP socket
 LEASES_SAVE_DELAY = 1.0
 
@@ -119,7 +120,7 @@ def ipaddress_packed(text: str) -> bytes:
 class _HostTcp:
     """The host side of one relayed TCP connection."""
 
-    __slots__ = ("connecting", "out", "proc", "reading", "shut_pending", "sock", "timer", "writing")
+    __slots__ = ("closing", "connecting", "out", "proc", "reading", "shut_pending", "sock", "timer", "writing")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -128,6 +129,7 @@ class _HostTcp:
         self.writing = False
         self.connecting = False
         self.shut_pending = False
+        self.closing = False  # the relay is gone; only the rest of ``out`` is still being written
         self.timer: asyncio.TimerHandle | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -140,6 +142,7 @@ class UserNetPort(Port):
         "_fwd_socks",
         "_leases_saved",
         "_leases_timer",
+        "_lingering",
         "_loop",
         "_out_frames",
         "_pumping",
@@ -182,6 +185,7 @@ class UserNetPort(Port):
         self._raw_icmp: socket.socket | None = None
         self._raw_icmp_failed = False
         self._raw_flows: dict[tuple[str, int], PingFlow] = {}
+        self._lingering: set[_HostTcp] = set()
         self.ping_dropped = 0
         self.internal_errors = 0
         self.label = f"user {user.id}"
@@ -229,6 +233,8 @@ class UserNetPort(Port):
         self._fwd_socks.clear()
         for relay in list(self.stack.tcp.values()):
             self._close_host(relay)
+        for host in list(self._lingering):
+            self._close_socket(host)
         for flow in list(self.stack.udp_flows.values()):
             self._close_udp(flow)
         for ping in list(self.stack.pings.values()):
@@ -627,6 +633,27 @@ class UserNetPort(Port):
             host.writing = True
             self._loop.add_writer(host.sock.fileno(), self._on_tcp_writable, relay)
 
+    def _arm_writer_for(self, host: _HostTcp) -> None:
+        if not host.writing:
+            host.writing = True
+            self._loop.add_writer(host.sock.fileno(), self._on_linger_writable, host)
+        else:  # already armed for the relay: switch the callback to the lingering one
+            self._loop.add_writer(host.sock.fileno(), self._on_linger_writable, host)
+
+    def _on_linger_writable(self, host: _HostTcp) -> None:
+        try:
+            sent = host.sock.send(host.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close_socket(host)
+            return
+        del host.out[:sent]
+        if not host.out:
+            with contextlib.suppress(OSError):
+                host.sock.shutdown(socket.SHUT_WR)
+            self._close_socket(host)
+
     def _on_tcp_writable(self, relay: TcpRelay) -> None:
         host = relay.handle
         if not isinstance(host, _HostTcp):
@@ -666,14 +693,29 @@ class UserNetPort(Port):
         if not isinstance(host, _HostTcp):
             return
         relay.handle = None
+        if host.out and not host.connecting and host.sock.fileno() >= 0:
+            # The guest saw these bytes acknowledged: write them out before closing (bounded in time).
+            self._stop_reading(host)
+            host.shut_pending = True
+            host.closing = True
+            self._lingering.add(host)
+            self._arm_writer_for(host)
+            host.timer = self._loop.call_later(LINGER_TIMEOUT, self._close_socket, host)
+            return
+        self._close_socket(host)
+
+    def _close_socket(self, host: _HostTcp) -> None:
+        self._lingering.discard(host)
         fd = host.sock.fileno()
         if fd >= 0:
             if host.reading:
                 self._loop.remove_reader(fd)
             if host.writing or host.connecting:
                 self._loop.remove_writer(fd)
+        host.reading = host.writing = host.connecting = False
         if host.timer is not None:
             host.timer.cancel()
+            host.timer = None
         host.sock.close()
         if host.proc is not None:
             with contextlib.suppress(OSError):
