@@ -41,6 +41,20 @@ def link(kind: str, ident: str, tmp: Path) -> tuple[str, list[str]]:
         group, port = f"239.255.77.{next(_groups)}", free_port(socket.SOCK_DGRAM)
         return (f"socket,id={ident},mcast={group}:{port},localaddr=127.0.0.1",
                 ["socket", f"mcast={group}:{port}", "localaddr=127.0.0.1"])
+    if kind == "streamtcp":
+        port = free_port()
+        return (f"stream,id={ident},server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}",
+                ["stream", "server=off", "addr.type=inet", "addr.host=127.0.0.1", f"addr.port={port}"])
+    if kind == "udp":
+        ours, theirs = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        return (f"socket,id={ident},udp=127.0.0.1:{theirs},localaddr=127.0.0.1:{ours}",
+                ["socket", f"udp=127.0.0.1:{ours}", f"localaddr=127.0.0.1:{theirs}"])
+    if kind == "dgraminet":
+        ours, theirs = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        return (f"dgram,id={ident},local.type=inet,local.host=127.0.0.1,local.port={ours},"
+                f"remote.type=inet,remote.host=127.0.0.1,remote.port={theirs}",
+                ["dgram", "local.type=inet", "local.host=127.0.0.1", f"local.port={theirs}",
+                 "remote.type=inet", "remote.host=127.0.0.1", f"remote.port={ours}"])
     if kind == "dgram":
         ours, theirs = tmp / f"{ident}.v.dgram", tmp / f"{ident}.g.dgram"
         return (f"dgram,id={ident},local.type=unix,local.path={ours},remote.type=unix,remote.path={theirs}",
@@ -74,7 +88,7 @@ def exchange(a, b, size_kib: int = 4096) -> None:
 @pytest.mark.parametrize(
     ("kind_a", "kind_b"),
     [("stream", "stream"), ("socket", "socket"), ("mcast", "mcast"), ("dgram", "dgram"),
-     ("stream", "mcast"), ("socket", "dgram")],
+     ("stream", "mcast"), ("socket", "dgram"), ("streamtcp", "udp"), ("dgraminet", "stream")],
 )
 def test_two_guests_ping_and_move_files(kind_a, kind_b, make_guest, vmlan_run, tmp_path):
     vm, a, b = boot_pair(kind_a, kind_b, make_guest, vmlan_run, tmp_path)
