@@ -39,14 +39,10 @@ from vmlan.engines.tcp import (
 )
 from vmlan.wire.checksum import internet_checksum, pseudo_header_sum_v4
 from vmlan.wire.errors import WireError
-from vmlan.wire.ipv4 import Ipv4Header
+from vmlan.wire.ethernet import BROADCAST, ETH_P_ARP, ETH_P_IP
+from vmlan.wire.ipv4 import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Header
 
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
-IPPROTO_ICMP = 1
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-BROADCAST_MAC = b"\xff" * 6
+BROADCAST_MAC = BROADCAST
 LOOPBACK = "127.0.0.1"
 
 _ETH = struct.Struct("!6s6sH")
