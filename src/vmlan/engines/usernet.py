@@ -42,7 +42,6 @@ from vmlan.wire.errors import WireError
 from vmlan.wire.ethernet import BROADCAST, ETH_P_ARP, ETH_P_IP
 from vmlan.wire.ipv4 import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Header
 
-BROADCAST_MAC = BROADCAST
 LOOPBACK = "127.0.0.1"
 
 _ETH = struct.Struct("!6s6sH")
@@ -145,7 +144,6 @@ class TcpRelay:
         "handle",
         "host_target",
         "hostfwd",
-        "peer_label",
         "read_paused",
         "scheduled",
     )
@@ -161,7 +159,6 @@ class TcpRelay:
         self.read_paused = False
         self.scheduled = float("inf")  # the deadline this relay has in the stack's timer heap
         self.hostfwd = False
-        self.peer_label = ""
 
 
 class UdpFwdSession:
@@ -340,7 +337,7 @@ class UserStack:
         if len(frame) < 14:
             return
         dst = bytes(frame[0:6])
-        if dst != BROADCAST_MAC and dst[0:2] != b"\x52\x55":
+        if dst != BROADCAST and dst[0:2] != b"\x52\x55":
             self.counters.not_for_us += 1  # another guest's unicast, seen because hubs flood
             return
         ethertype = (frame[12] << 8) | frame[13]
@@ -394,7 +391,7 @@ class UserStack:
                 return
         else:
             self._learn_mac(src, src_mac)
-        payload = memoryview(frame)[start:end] if not isinstance(frame, memoryview) else frame[start:end]
+        payload = memoryview(frame)[start:end]
         if ip.proto == IPPROTO_TCP:
             self._tcp_input(ip, payload, now)
         elif ip.proto == IPPROTO_UDP:
@@ -407,7 +404,7 @@ class UserStack:
         self, src: bytes, dst: bytes, proto: int, payload: bytes | bytearray | memoryview, mac: bytes | None = None
     ) -> None:
         if mac is None:
-            mac = BROADCAST_MAC if dst == b"\xff\xff\xff\xff" or dst == self.bcast_ip else self.guest_macs.get(dst)
+            mac = BROADCAST if dst == b"\xff\xff\xff\xff" or dst == self.bcast_ip else self.guest_macs.get(dst)
         if mac is None:
             self._arp_request(dst)
             return
@@ -432,7 +429,7 @@ class UserStack:
 
     def _arp_request(self, ip: bytes) -> None:
         body = _ARP.pack(1, ETH_P_IP, 6, 4, 1, self.host_mac, self.host_ip, b"\0" * 6, ip)
-        self._frames.append(_ETH.pack(BROADCAST_MAC, self.host_mac, ETH_P_ARP) + body + b"\0" * 18)
+        self._frames.append(_ETH.pack(BROADCAST, self.host_mac, ETH_P_ARP) + body + b"\0" * 18)
 
     def _emit_udp(
         self, src: bytes, sport: int, dst: bytes, dport: int, data: bytes | memoryview, mac: bytes | None = None
@@ -646,7 +643,7 @@ class UserStack:
             self._tcp_reset_for(ip, seg)
             return
         try:
-            conn = TcpConnection.from_syn(local, remote, seg, self._tcp_params(), now, self._next_isn())
+            conn = TcpConnection.from_syn(local, remote, seg, self.cfg.tcp, now, self._next_isn())
         except WireError:
             self.counters.bad_ipv4 += 1  # bad checksum or a malformed SYN: dropped, as any bad segment
             return
@@ -660,9 +657,6 @@ class UserStack:
         else:
             self._actions.append(TcpConnect(relay, target))
         self._flush_tcp(relay, now)
-
-    def _tcp_params(self) -> TcpParams:
-        return self.cfg.tcp
 
     def _tcp_reset_for(self, ip: Ipv4Header, seg: memoryview) -> None:
         """RST for a segment that belongs to no connection (or that we refuse)."""
@@ -782,11 +776,10 @@ class UserStack:
                 break
         else:
             return None
-        conn = TcpConnection.connect((src, port), (rule.guest_addr, rule.guest_port), self._tcp_params(), now,
+        conn = TcpConnection.connect((src, port), (rule.guest_addr, rule.guest_port), self.cfg.tcp, now,
                                      self._next_isn())
         relay = TcpRelay(conn, None, key)
         relay.hostfwd = True
-        relay.peer_label = f"{client[0]}:{client[1]}"
         self.tcp[key] = relay
         self._tcp_count[rule.guest_addr] = self._tcp_count.get(rule.guest_addr, 0) + 1
         self.counters.tcp_flows += 1

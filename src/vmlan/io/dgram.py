@@ -97,7 +97,6 @@ class DgramPort(Port):
     __slots__ = (
         "_buf",
         "_connect_to",
-        "_echo_from",
         "_loop",
         "_peer_check",
         "_peer_inode",
@@ -121,7 +120,6 @@ class DgramPort(Port):
         self._view = memoryview(self._buf)
         self._rsock: socket.socket | None = None
         self._ssock: socket.socket | None = None
-        self._echo_from: object = None
         self._remote = _sockaddr(cfg.remote) if cfg.remote is not None else None
         self._send_errors = 0
         self._queue: deque[bytes] = deque()
@@ -176,8 +174,7 @@ class DgramPort(Port):
             ss.bind((self.cfg.mcast_if, 0))
         ss.connect((group.host, group.port))  # fixes the source address we will recognise as ours
         ss.setblocking(False)
-        self._echo_from = ss.getsockname()
-        ignore_datagrams_from(rs, self._echo_from)
+        ignore_datagrams_from(rs, ss.getsockname())
         grow_buffers(rs, rcv=LINK_BUFFER)
         self._remote = None
         if self.cfg.driver == "socket":

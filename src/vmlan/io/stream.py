@@ -33,7 +33,6 @@ log = logging.getLogger("vmlan")
 
 NET_BUFSIZE = 4096 + 65536  # QEMU's largest frame on a stream link
 QEMU_HEADER = struct.Struct(">I")
-VDE_PLUG_HEADER = struct.Struct(">H")
 RECV_BUFSIZE = 256 * 1024 + NET_BUFSIZE
 OUT_LIMIT = 4 * 1024 * 1024  # bytes queued toward one peer before new frames are dropped
 READS_PER_WAKEUP = 16

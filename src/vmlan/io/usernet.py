@@ -97,7 +97,7 @@ def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfi
     hostfwd = tuple(
         HostForward(f.proto, f.host_addr, f.host_port, user.hostfwd_guest(f).packed, f.guest_port) for f in user.hostfwd
     )
-    guestfwd = tuple(GuestForward(ipaddress_packed(g.server), g.port, g.target) for g in user.guestfwd)
+    guestfwd = tuple(GuestForward(socket.inet_aton(g.server), g.port, g.target) for g in user.guestfwd)
     return StackConfig(
         net=user.net,
         host=user.host,
@@ -113,14 +113,10 @@ def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfi
     )
 
 
-def ipaddress_packed(text: str) -> bytes:
-    return socket.inet_aton(text)
-
-
 class _HostTcp:
     """The host side of one relayed TCP connection."""
 
-    __slots__ = ("closing", "connecting", "out", "proc", "reading", "shut_pending", "sock", "timer", "writing")
+    __slots__ = ("connecting", "out", "proc", "reading", "shut_pending", "sock", "timer", "writing")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -129,7 +125,6 @@ class _HostTcp:
         self.writing = False
         self.connecting = False
         self.shut_pending = False
-        self.closing = False  # the relay is gone; only the rest of ``out`` is still being written
         self.timer: asyncio.TimerHandle | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -633,13 +628,6 @@ class UserNetPort(Port):
             host.writing = True
             self._loop.add_writer(host.sock.fileno(), self._on_tcp_writable, relay)
 
-    def _arm_writer_for(self, host: _HostTcp) -> None:
-        if not host.writing:
-            host.writing = True
-            self._loop.add_writer(host.sock.fileno(), self._on_linger_writable, host)
-        else:  # already armed for the relay: switch the callback to the lingering one
-            self._loop.add_writer(host.sock.fileno(), self._on_linger_writable, host)
-
     def _on_linger_writable(self, host: _HostTcp) -> None:
         try:
             sent = host.sock.send(host.out)
@@ -696,10 +684,9 @@ class UserNetPort(Port):
         if host.out and not host.connecting and host.sock.fileno() >= 0:
             # The guest saw these bytes acknowledged: write them out before closing (bounded in time).
             self._stop_reading(host)
-            host.shut_pending = True
-            host.closing = True
             self._lingering.add(host)
-            self._arm_writer_for(host)
+            host.writing = True  # (re)register: the relay's writer callback is replaced by the lingering one
+            self._loop.add_writer(host.sock.fileno(), self._on_linger_writable, host)
             host.timer = self._loop.call_later(LINGER_TIMEOUT, self._close_socket, host)
             return
         self._close_socket(host)
