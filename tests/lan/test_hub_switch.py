@@ -9,7 +9,7 @@ class FakePort(Port):
         self.got = []
         self.accept = accept
 
-    def transmit(self, frame):
+    def transmit(self, frame, src, offload):
         if self.accept:
             self.got.append(bytes(frame))
         return self.accept

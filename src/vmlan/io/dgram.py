@@ -41,6 +41,8 @@ from vmlan.io.errors import LinkError
 from vmlan.io.sockopt import LINK_BUFFER, grow_buffers
 from vmlan.io.stream import NET_BUFSIZE, sockaddr
 from vmlan.lan import Port
+from vmlan.wire import BytesLike
+from vmlan.wire.vnet import Offload
 
 log = logging.getLogger("vmlan")
 
@@ -260,7 +262,7 @@ class DgramPort(Port):
             self._try_connect()
         self._peer_check = self._loop.call_later(PEER_CHECK_INTERVAL, self._check_peer)
 
-    def transmit(self, frame: bytes | memoryview) -> bool:
+    def transmit(self, frame: BytesLike, src: Port, offload: Offload | None) -> bool:
         sock = self._ssock
         if sock is None:
             return False

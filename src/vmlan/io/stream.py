@@ -28,6 +28,8 @@ from vmlan.config.netdev import InetAddr, SocketAddress, StreamNetdev, UnixAddr
 from vmlan.io.errors import LinkError
 from vmlan.io.sockopt import LINK_BUFFER, accept_pending, grow_buffers
 from vmlan.lan import Hub, Port
+from vmlan.wire import BytesLike
+from vmlan.wire.vnet import Offload
 
 log = logging.getLogger("vmlan")
 
@@ -169,7 +171,7 @@ class StreamPort(Port):
         self._start, self._end = start, end
 
     # -- transmit --------------------------------------------------------------------------------------
-    def transmit(self, frame: bytes | memoryview) -> bool:
+    def transmit(self, frame: BytesLike, src: Port, offload: Offload | None) -> bool:
         out = self._out
         if self._closed or len(out) > OUT_LIMIT:
             return False

@@ -49,7 +49,9 @@ from vmlan.engines.usernet import (
 from vmlan.io.errors import LinkError
 from vmlan.io.sockopt import accept_pending
 from vmlan.lan import Port
+from vmlan.wire import BytesLike
 from vmlan.wire.checksum import internet_checksum
+from vmlan.wire.vnet import Offload
 
 log = logging.getLogger("vmlan")
 
@@ -251,7 +253,7 @@ class UserNetPort(Port):
             self.lan.detach(self)
 
     # -- the hub side ------------------------------------------------------------------------------------
-    def transmit(self, frame: bytes | memoryview) -> bool:
+    def transmit(self, frame: BytesLike, src: Port, offload: Offload | None) -> bool:
         try:
             self.stack.receive_frame(frame, self._loop.time())
         except Exception:  # an engine bug must cost one frame, never the port

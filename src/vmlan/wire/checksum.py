@@ -60,6 +60,7 @@ __all__ = [
     "internet_checksum",
     "ones_complement_sum",
     "pseudo_header_sum_v4",
+    "pseudo_header_sum_v6",
 ]
 
 #: Buffers at least this long use numpy when it is available.
@@ -168,6 +169,20 @@ def pseudo_header_sum_v4(src: bytes, dst: bytes, proto: int, length: int) -> int
     s = _from_bytes(src, "big")
     d = _from_bytes(dst, "big")
     total = (s >> 16) + (s & 0xFFFF) + (d >> 16) + (d & 0xFFFF) + proto + length
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def pseudo_header_sum_v6(src: bytes, dst: bytes, next_header: int, length: int) -> int:
+    """Folded one's complement sum of the IPv6 pseudo-header (RFC 8200 section 8.1).
+
+    ``src``/``dst`` are 16-byte addresses; ``length`` is the upper-layer length (32 bits there, but
+    never above 65535 without jumbograms, which vmlan does not speak).
+    """
+    if len(src) != 16 or len(dst) != 16:
+        raise ValueError("IPv6 pseudo-header needs 16-byte addresses")
+    total = _sum16_python(src) + _sum16_python(dst) + next_header + (length >> 16) + (length & 0xFFFF)
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
