@@ -56,6 +56,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from vmlan.config.errors import ConfigError
 from vmlan.config.qemuopts import check_id, parse_bool, parse_uint
+from vmlan.engines.usernet.config import Limits
 
 __all__ = ["GuestFwd", "HostFwd", "StaticLease", "UserNetdev", "inet_aton", "parse_user_netdev"]
 
@@ -116,6 +117,7 @@ class UserNetdev:
     static_leases: tuple[StaticLease, ...] = ()
     leases_file: str | None = None
     host_loopback: bool = True
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def driver(self) -> str:
@@ -142,6 +144,17 @@ class UserNetdev:
 
 _SINGLE_KEYS = frozenset({"type", "id", "hubid", "net", "ip", "host", "dns", "dhcpstart", "ipv4", "ipv6", "restrict"})
 _SINGLE_KEYS |= {"hostname", "domainname", "pool", "mtu", "leases", "host-loopback"}
+# vmlan's limits: option -> (Limits field, lowest, highest, multiplier)
+_LIMIT_KEYS = {
+    "guest-macs": ("macs_per_port", 1, 1024, 1),
+    "guest-tcp": ("tcp_per_guest", 1, 65536, 1),
+    "guest-udp": ("udp_per_guest", 1, 65536, 1),
+    "guest-pings": ("pings_per_guest", 1, 65536, 1),
+    "hostfwd-clients": ("fwd_clients", 1, 65536, 1),
+    "max-flows": ("max_flows", 1, 1 << 20, 1),
+    "tcp-mem": ("mem_budget", 1, 1 << 20, 1 << 20),
+}
+_SINGLE_KEYS |= set(_LIMIT_KEYS)
 _LIST_KEYS = frozenset({"dnssearch", "hostfwd", "guestfwd", "dns-server", "dns-static", "lease-static"})
 _PLANNED_KEYS = frozenset({"ipv6-net", "ipv6-prefix", "ipv6-prefixlen", "ipv6-host", "ipv6-dns", "tftp"})
 _PLANNED_KEYS |= {"tftp-server-name", "bootfile", "smb", "smbserver"}
@@ -548,6 +561,11 @@ def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
                 raise ConfigError(f"Parameter 'lease-static' gives {addr} to both {lease.mac} and {mac}")
         leases.append(StaticLease(mac, addr))
 
+    limit_values = {
+        field_name: parse_uint(key, opts[key], low, high) * scale
+        for key, (field_name, low, high, scale) in _LIMIT_KEYS.items()
+        if key in opts
+    }
     return UserNetdev(
         id=ident,
         hubid=hubid,
@@ -568,4 +586,5 @@ def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
         static_leases=tuple(leases),
         leases_file=leases_file,
         host_loopback=host_loopback,
+        limits=Limits(**limit_values),
     )

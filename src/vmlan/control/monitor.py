@@ -43,6 +43,8 @@ def info_usernet(port: UserNetPort, hubid: int) -> str:
     Columns and widths are libslirp's (slirp_connection_info); "Source" is the guest side of a
     connection, "Dest." the far side, and a host forward shows its listening address as the source.
     """
+    from vmlan.engines.usernet import PingFlow, TcpFlow, UdpFlow
+
     stack = port.stack
     now = port.loop_time()
     rows = [f"Hub {hubid} ({port.name}):",
@@ -51,19 +53,19 @@ def info_usernet(port: UserNetPort, hubid: int) -> str:
     def row(kind: str, fd: int, src: str, sport: int, dst: str, dport: int, recvq: int = 0, sendq: int = 0) -> None:
         rows.append(f"  {kind:<19s} {fd:3d} {src:>15s} {sport:5d} {dst:>15s} {dport:5d} {recvq:5d} {sendq:5d}")
 
-    for rule, fd in port.forward_fds():
-        row(f"{rule.proto.upper()}[HOST_FORWARD]", fd, rule.host_addr or "*", rule.host_port,
+    for rule, fd, bound in port.forward_fds():
+        row(f"{rule.proto.upper()}[HOST_FORWARD]", fd, rule.host_addr or "*", bound,
             socket.inet_ntoa(rule.guest_addr), rule.guest_port)
-    for relay in stack.tcp.values():
-        conn = relay.conn
-        recvq, sendq = port.tcp_queues(relay)
-        row(f"TCP[{conn.state}]", port.fd_of(relay), socket.inet_ntoa(conn.remote[0]), conn.remote[1],
-            socket.inet_ntoa(conn.local[0]), conn.local[1], recvq, sendq)
-    for flow in stack.udp_flows.values():
-        dst, dport = flow.last_dst
-        row(f"UDP[{max(0, int(flow.expires - now))} sec]", port.fd_of(flow), socket.inet_ntoa(flow.guest_ip),
-            flow.guest_port, dst, dport)
-    for ping in stack.pings.values():
-        row(f"ICMP[{max(0, int(ping.expires - now))} sec]", port.fd_of(ping), socket.inet_ntoa(ping.guest_ip), 0,
-            ping.dst, 0)
+    for flow in stack.flows:
+        if isinstance(flow, TcpFlow):
+            conn = flow.conn
+            row(f"TCP[{conn.state}]", port.fd_of(flow.fid), socket.inet_ntoa(flow.guest_ip), flow.key[1],
+                socket.inet_ntoa(flow.far), flow.key[3], conn.unconsumed, conn.bytes_unacked)
+        elif isinstance(flow, UdpFlow):
+            dst, dport = flow.last_dst
+            left = max(0, int(flow.deadline - now)) if flow.deadline != float("inf") else 0
+            row(f"UDP[{left} sec]", port.fd_of(flow.fid), socket.inet_ntoa(flow.guest_ip), flow.guest_port, dst, dport)
+        elif isinstance(flow, PingFlow):
+            left = max(0, int(flow.deadline - now)) if flow.deadline != float("inf") else 0
+            row(f"ICMP[{left} sec]", port.fd_of(flow.fid), socket.inet_ntoa(flow.guest_ip), 0, flow.dst, 0)
     return "\n".join(rows)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,11 +273,20 @@ class DhcpServer:
         "_static_ips",
         "cfg",
         "changed",
+        "in_use",
         "stats",
     )
 
-    def __init__(self, cfg: DhcpConfig, leases: Iterable[Lease] = ()) -> None:
+    def __init__(
+        self,
+        cfg: DhcpConfig,
+        leases: Iterable[Lease] = (),
+        in_use: Callable[[bytes, bytes], bool] | None = None,
+    ) -> None:
+        """``in_use(ip, mac)``: True when a MAC other than ``mac`` uses ``ip`` without a lease (a guest
+        configured statically): such an address is never offered or granted to ``mac``."""
         self.cfg = cfg
+        self.in_use = in_use
         self.stats = DhcpStats()
         #: Bumped whenever the lease table changes: save the leases file when it differs from last time.
         self.changed = 0
@@ -312,6 +321,14 @@ class DhcpServer:
 
     def lease_for(self, mac: bytes) -> Lease | None:
         return self._by_mac.get(mac)
+
+    def holder(self, ip: bytes, now: float) -> bytes | None:
+        """The MAC holding an unexpired lease (or a pending offer) on ``ip``, if any."""
+        mac = self._by_ip.get(ip)
+        if mac is None:
+            return None
+        lease = self._by_mac.get(mac)
+        return mac if lease is not None and lease.expires > now else None
 
     def handle(self, payload: BytesLike, client_mac: bytes, now: float) -> DhcpReply | None:
         """Process one message from a guest; return the reply to send, if any.  Never raises."""
@@ -436,19 +453,27 @@ class DhcpServer:
             return False
         return True
 
-    def _free(self, ip: bytes, now: float) -> bool:
-        return ip in self._pool_set and ip not in self._by_ip and not self._is_bad(ip, now)
+    def _free(self, ip: bytes, now: float, mac: bytes) -> bool:
+        return ip in self._pool_set and ip not in self._by_ip and not self._is_bad(ip, now) and not self._taken(ip, mac)
+
+    def _taken(self, ip: bytes, mac: bytes) -> bool:
+        return self.in_use is not None and self.in_use(ip, mac)
 
     def _allocate(self, mac: bytes, requested: bytes | None, now: float) -> bytes | None:
         static = self._static.get(mac)
         if static is not None:
             return static
         lease = self._by_mac.get(mac)
-        if lease is not None and lease.ip in self._pool_set and not self._is_bad(lease.ip, now):
+        if (
+            lease is not None
+            and lease.ip in self._pool_set
+            and not self._is_bad(lease.ip, now)
+            and not self._taken(lease.ip, mac)
+        ):
             return lease.ip
-        if requested is not None and self._free(requested, now):
+        if requested is not None and self._free(requested, now, mac):
             return requested
-        free = self._lowest_free(now)
+        free = self._lowest_free(now, mac)
         if free is not None:
             return free
         # The pool is full of remembered addresses: take over the one whose lease ended longest ago.
@@ -458,19 +483,20 @@ class DhcpServer:
                 other.expires <= now
                 and other.ip in self._pool_set
                 and not self._is_bad(other.ip, now)
+                and not self._taken(other.ip, mac)
                 and (oldest is None or other.expires < oldest.expires)
             ):
                 oldest = other
         return None if oldest is None else oldest.ip
 
-    def _lowest_free(self, now: float) -> bytes | None:
+    def _lowest_free(self, now: float, mac: bytes) -> bytes | None:
         pool, by_ip = self._pool, self._by_ip
         i = self._scan_from
         while i < len(pool) and pool[i] in by_ip:
             i += 1
         self._scan_from = i
         for ip in itertools.islice(pool, i, None):
-            if ip not in by_ip and not self._is_bad(ip, now):
+            if ip not in by_ip and not self._is_bad(ip, now) and not self._taken(ip, mac):
                 return ip
         return None
 
@@ -484,7 +510,7 @@ class DhcpServer:
         static = self._static.get(mac)
         if static is not None:
             return ip == static
-        if ip not in self._pool_set or self._is_bad(ip, now):
+        if ip not in self._pool_set or self._is_bad(ip, now) or self._taken(ip, mac):
             return False
         holder = self._by_ip.get(ip)
         return holder is None or holder == mac

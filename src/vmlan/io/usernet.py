@@ -1,10 +1,15 @@
 """The user-mode stack's asyncio adapter: a hub port whose far side is the host's sockets.
 
-engines/usernet.py decides everything; this module only performs what it asks (``next_action()``) and
-reports what the sockets did. Every host socket is driven by ``add_reader``/``add_writer`` callbacks
-(no Task per packet or per connection). Backpressure runs both ways: a host socket is read only while the
-guest connection has send space (the engine says when to resume), and guest data the host socket cannot
-take yet stays counted against the guest's TCP window until it has been written.
+engines/usernet decides everything; this module performs what it asks (actions.py: tuples naming flows
+by id) and reports what the sockets did. ``self._tcp``/``_udp``/``_pings`` map flow ids to sockets: the
+engine never holds a socket. Every host socket is driven by ``add_reader``/``add_writer`` callbacks (no
+Task per packet or per connection). Backpressure runs both ways: a host socket is read only while the
+guest connection has send space (the engine answers None and later asks for TCP_RESUME), straight into
+the connection's send buffer (``recv_into``: one copy kernel -> engine, one into the frame), and guest data
+the host socket cannot take yet stays counted against the guest's TCP window until written.
+
+Errors: a host socket's failure is reported to the engine (RST or ICMP to the guest); anything
+unexpected is counted per kind in the stack's ``faults`` and logged once per kind with its traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import math
 import os
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -26,44 +32,31 @@ from vmlan.config.usernet import UserNetdev
 from vmlan.engines.dhcp import DhcpConfig, Lease
 from vmlan.engines.dns import HOST_NAME, DnsConfig, read_resolv_conf
 from vmlan.engines.tcp import TcpParams
-from vmlan.engines.usernet import (
-    DnsSend,
-    GuestForward,
-    HostForward,
-    PingClose,
-    PingFlow,
-    PingSend,
-    StackConfig,
-    TcpClose,
-    TcpConnect,
-    TcpRelay,
-    TcpResume,
-    TcpShutdown,
-    TcpWrite,
-    UdpClose,
-    UdpFlow,
-    UdpFwdReply,
-    UdpSend,
-    UserStack,
-)
+from vmlan.engines.usernet import GuestForward, HostForward, StackConfig, UserStack
+from vmlan.engines.usernet import actions as A
+from vmlan.io.dns import DnsUpstreams
 from vmlan.io.errors import LinkError
 from vmlan.io.sockopt import accept_pending
 from vmlan.lan import Port
-from vmlan.wire import BytesLike
+from vmlan.wire import BytesLike, WireError
 from vmlan.wire.checksum import internet_checksum
-from vmlan.wire.vnet import Offload
+from vmlan.wire.gso import software_offload
+from vmlan.wire.vnet import GSO_UDP, GSO_UDP_L4, Offload
 
 log = logging.getLogger("vmlan")
 
-READ_CHUNK = 256 * 1024
 UDP_BUFSIZE = 65536
 CONNECT_TIMEOUT = 30.0
-LINGER_TIMEOUT = 30.0  # how long a closed relay may take to write the guest's last bytes to the host
-RAW_PING = "raw"  # PingFlow.handle of a flow served by the shared raw ICMP socket
+LINGER_TIMEOUT = 30.0  # how long a closed connection may take to write the guest's last bytes to the host
 LEASES_SAVE_DELAY = 1.0
-
-
+DRAIN_LIMIT = 64  # datagrams read from one socket per wakeup
+ACCEPT_LIMIT = 16  # hostfwd connections accepted per wakeup
 RESOLV_CONF = "/etc/resolv.conf"
+IP_RECVERR = 11  # <linux/in.h>; the socket module does not export it
+SO_EE_ORIGIN_ICMP = 2
+_EE = struct.Struct("=IBBBBII")
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+_RAW = "raw"
 
 
 def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfig:
@@ -111,6 +104,7 @@ def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfi
         dns_config=dns_cfg,
         hostfwd=hostfwd,
         guestfwd=guestfwd,
+        limits=user.limits,
         tcp=TcpParams(mss=user.mtu - 40),
     )
 
@@ -118,9 +112,10 @@ def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfi
 class _HostTcp:
     """The host side of one relayed TCP connection."""
 
-    __slots__ = ("connecting", "out", "proc", "reading", "shut_pending", "sock", "timer", "writing")
+    __slots__ = ("connecting", "fid", "out", "proc", "reading", "shut_pending", "sock", "timer", "writing")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, fid: int, sock: socket.socket) -> None:
+        self.fid = fid
         self.sock = sock
         self.out = bytearray()
         self.reading = False
@@ -135,57 +130,74 @@ class UserNetPort(Port):
     """``-netdev user``: one port on its hub, the whole user-mode stack behind it."""
 
     __slots__ = (
-        "_dns_sock",
+        "_dispatch",
+        "_dns",
         "_fwd_socks",
         "_leases_saved",
         "_leases_timer",
         "_lingering",
         "_loop",
-        "_out_frames",
+        "_pings",
         "_pumping",
         "_raw_flows",
         "_raw_icmp",
         "_raw_icmp_failed",
+        "_tcp",
         "_timer",
         "_timer_at",
+        "_udp",
         "_udp_buf",
+        "_udp_view",
         "cfg",
-        "internal_errors",
         "label",
         "leases_path",
         "ping_dropped",
         "stack",
     )
 
-    def __init__(
-        self,
-        user: UserNetdev,
-        loop: asyncio.AbstractEventLoop,
-        stack_cfg: StackConfig | None = None,
-    ) -> None:
+    #: The stack takes frames with offload metadata: TCP super-segments and vouched-for checksums.
+    offload_ok = True
+
+    def __init__(self, user: UserNetdev, loop: asyncio.AbstractEventLoop, stack_cfg: StackConfig | None = None) -> None:
         super().__init__(user.id)
         self.cfg = user
         self._loop = loop
+        self.label = f"user {user.id}"
         self.leases_path = user.leases_file
         leases = _load_leases(self.leases_path, loop.time()) if self.leases_path else []
         cfg = stack_cfg if stack_cfg is not None else stack_config(user)
-        self.stack = UserStack(cfg, leases, isn_seed=int.from_bytes(os.urandom(4), "big"))
-        self._leases_saved = self.stack.dhcp.changed if self.stack.dhcp is not None else 0
-        self._out_frames: list[bytes] = []
+        self.stack = UserStack(cfg, leases, port_tso=lambda port: bool(getattr(port, "offload_ok", False)))
+        self.stack.faults.on_new = self._log_fault
+        self._leases_saved = self.stack.dhcp.server.changed if self.stack.dhcp is not None else 0
         self._pumping = False
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
-        self._dns_sock: socket.socket | None = None
-        self._fwd_socks: list[tuple[HostForward, socket.socket]] = []
-        self._leases_timer: asyncio.TimerHandle | None = None
-        self._udp_buf = bytearray(UDP_BUFSIZE)
+        self._timer_at = math.inf
+        self._tcp: dict[int, _HostTcp] = {}
+        self._udp: dict[int, socket.socket] = {}
+        self._pings: dict[int, socket.socket | str] = {}
         self._raw_icmp: socket.socket | None = None
         self._raw_icmp_failed = False
-        self._raw_flows: dict[tuple[str, int], PingFlow] = {}
+        self._raw_flows: dict[tuple[str, int], tuple[int, int]] = {}  # (dst, ident) -> (fid, ident)
         self._lingering: set[_HostTcp] = set()
+        self._fwd_socks: list[socket.socket] = []
+        self._leases_timer: asyncio.TimerHandle | None = None
+        self._udp_buf = bytearray(UDP_BUFSIZE)
+        self._udp_view = memoryview(self._udp_buf)
+        self._dns = DnsUpstreams(loop, self._on_dns_answer)
         self.ping_dropped = 0
-        self.internal_errors = 0
-        self.label = f"user {user.id}"
+        self._dispatch: dict[int, Callable[..., None]] = {
+            A.TCP_CONNECT: self._tcp_connect,
+            A.TCP_WRITE: self._tcp_write,
+            A.TCP_SHUTDOWN: self._tcp_shutdown,
+            A.TCP_CLOSE: self._tcp_close,
+            A.TCP_RESUME: self._tcp_resume,
+            A.UDP_SEND: self._udp_send,
+            A.UDP_CLOSE: self._udp_close,
+            A.UDP_FWD_REPLY: self._udp_fwd_reply,
+            A.DNS_SEND: self._dns_send,
+            A.PING_SEND: self._ping_send,
+            A.PING_CLOSE: self._ping_close,
+        }
 
     @property
     def ports(self) -> list[Port]:
@@ -195,9 +207,16 @@ class UserNetPort(Port):
         c = self.stack.cfg
         return f"net={c.net.network_address},restrict={'on' if c.restrict else 'off'}"
 
+    def _log_fault(self, kind: str, exc: BaseException) -> None:
+        log.error("%s: internal error (%s), counted; later ones of this kind are only counted", self.label, kind,
+                  exc_info=exc)
+
+    def _fault(self, kind: str, exc: BaseException) -> None:
+        self.stack.faults.record(kind, exc)
+
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        for rule in self.stack.cfg.hostfwd:
+        for index, rule in enumerate(self.stack.cfg.hostfwd):
             kind = socket.SOCK_STREAM if rule.proto == "tcp" else socket.SOCK_DGRAM
             sock = socket.socket(socket.AF_INET, kind)
             try:
@@ -213,39 +232,37 @@ class UserNetPort(Port):
                     f"-netdev user,id={self.name}: could not set up host forwarding rule "
                     f"'{rule.proto}:{rule.host_addr}:{rule.host_port}': {exc.strerror}"
                 ) from None
-            self._fwd_socks.append((rule, sock))
+            self._fwd_socks.append(sock)
             if kind == socket.SOCK_STREAM:
-                self._loop.add_reader(sock.fileno(), self._on_fwd_accept, rule, sock)
+                self._loop.add_reader(sock.fileno(), self._on_fwd_accept, index, sock)
             else:
-                self._loop.add_reader(sock.fileno(), self._on_fwd_datagram, rule, sock)
+                self._loop.add_reader(sock.fileno(), self._on_fwd_datagram, index, sock)
             log.info("%s: forwarding %s %s:%d -> guest %s:%d", self.label, rule.proto, rule.host_addr or "*",
-                     rule.host_port, socket.inet_ntoa(rule.guest_addr), rule.guest_port)
+                     sock.getsockname()[1], socket.inet_ntoa(rule.guest_addr), rule.guest_port)
 
     def close(self) -> None:
-        for rule, sock in self._fwd_socks:
-            del rule
+        for sock in self._fwd_socks:
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(sock.fileno())
             sock.close()
         self._fwd_socks.clear()
-        for relay in list(self.stack.tcp.values()):
-            self._close_host(relay)
+        for host in list(self._tcp.values()):
+            self._close_socket(host)
+        self._tcp.clear()
         for host in list(self._lingering):
             self._close_socket(host)
-        for flow in list(self.stack.udp_flows.values()):
-            self._close_udp(flow)
-        for ping in list(self.stack.pings.values()):
-            self._close_ping(ping)
+        for fid in list(self._udp):
+            self._udp_close(fid)
+        for fid in list(self._pings):
+            self._ping_close(fid)
         if self._raw_icmp is not None:
             self._loop.remove_reader(self._raw_icmp.fileno())
             self._raw_icmp.close()
             self._raw_icmp = None
-        if self._dns_sock is not None:
-            self._loop.remove_reader(self._dns_sock.fileno())
-            self._dns_sock.close()
-            self._dns_sock = None
+        self._dns.close()
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         if self._leases_timer is not None:
             self._leases_timer.cancel()
             self._save_leases()
@@ -254,43 +271,47 @@ class UserNetPort(Port):
 
     # -- the hub side ------------------------------------------------------------------------------------
     def transmit(self, frame: BytesLike, src: Port, offload: Offload | None) -> bool:
-        try:
-            self.stack.receive_frame(frame, self._loop.time())
-        except Exception:  # an engine bug must cost one frame, never the port
-            self._internal_error("a frame from the hub failed")
-            return False
-        finally:
-            self._pump()
+        now = self._loop.time()
+        if offload is not None and offload.gso in (GSO_UDP, GSO_UDP_L4):
+            try:
+                pieces: list[bytes] = software_offload(frame, offload)
+            except WireError:
+                return False
+            for piece in pieces:
+                self.stack.receive_frame(piece, src, None, now)
+        else:
+            self.stack.receive_frame(frame, src, offload, now)
+        self._pump()
         return True
 
-    def _flush_frames(self) -> None:
-        frames, self._out_frames = self._out_frames, []
-        lan = self.lan
-        if lan is None:
-            return
-        for frame in frames:
-            lan.input(self, frame)
+    def port_left(self, port: Port) -> None:
+        self.stack.port_left(port, self._loop.time())
+        self._pump()
 
     def _pump(self) -> None:
         """Carry out what the engine asked for, hand its frames to the hub, re-arm its timer."""
         if self._pumping:
             return
         self._pumping = True
+        stack = self.stack
         try:
-            stack = self.stack
             while True:
-                action = stack.next_action()
-                if action is None:
+                actions = stack.take_actions()
+                if actions:
+                    dispatch = self._dispatch
+                    for action in actions:
+                        try:
+                            dispatch[action[0]](*action[1:])
+                        except Exception as exc:  # e.g. EMFILE from socket(): this action is lost, the stack goes on
+                            self._fault(f"io {A.NAMES.get(action[0], action[0])}", exc)
+                frames = stack.take_frames()
+                if frames:
+                    lan = self.lan
+                    if lan is not None:
+                        for frame, offload in frames:
+                            lan.input(self, frame, offload)
+                elif not actions:
                     break
-                try:
-                    self._do(action)
-                except Exception:  # e.g. EMFILE from socket(): this action is lost, the stack goes on
-                    self._internal_error("a host socket operation failed")
-            frames = stack.frames_to_send()
-            if frames:
-                if not self._out_frames:
-                    self._loop.call_soon(self._flush_frames)
-                self._out_frames.extend(frames)
             deadline = stack.get_timer()
             if deadline is not None and deadline < self._timer_at:
                 if self._timer is not None:
@@ -300,241 +321,62 @@ class UserNetPort(Port):
                 # nothing due and the loop would spin until the deadline.
                 self._timer = self._loop.call_at(math.ceil(deadline * 1000) / 1000 + 0.0005, self._on_timer)
             dhcp = stack.dhcp
-            if dhcp is not None and self.leases_path and dhcp.changed != self._leases_saved and not self._leases_timer:
+            if dhcp is not None and self.leases_path and dhcp.server.changed != self._leases_saved \
+                    and not self._leases_timer:
                 self._leases_timer = self._loop.call_later(LEASES_SAVE_DELAY, self._save_leases)
         finally:
             self._pumping = False
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._timer_at = float("inf")
-        try:
-            self.stack.handle_timer(self._loop.time())
-        except Exception:
-            self._internal_error("a timer failed")
-        self._pump()  # re-arms the timer whatever happened
-
-    def _internal_error(self, what: str) -> None:
-        """A bug or an exhausted resource: counted, logged once with its traceback, never fatal."""
-        self.internal_errors += 1
-        if self.internal_errors == 1:
-            log.exception("%s: %s", self.label, what)
-
-    def _do(self, action: Any) -> None:
-        if isinstance(action, TcpWrite):
-            self._tcp_write(action.relay, action.data)
-        elif isinstance(action, UdpSend):
-            self._udp_send(action.flow, action.dst, action.data)
-        elif isinstance(action, TcpResume):
-            self._start_reading(action.relay)
-        elif isinstance(action, TcpConnect):
-            self._tcp_connect(action.relay, action.target)
-        elif isinstance(action, TcpShutdown):
-            self._tcp_shutdown(action.relay)
-        elif isinstance(action, TcpClose):
-            self._close_host(action.relay)
-        elif isinstance(action, UdpClose):
-            self._close_udp(action.flow)
-        elif isinstance(action, UdpFwdReply):
-            for rule, sock in self._fwd_socks:
-                if rule is action.rule:
-                    with contextlib.suppress(OSError):
-                        sock.sendto(action.data, action.client)
-        elif isinstance(action, DnsSend):
-            self._dns_send(action.upstream, action.data)
-        elif isinstance(action, PingSend):
-            self._ping_send(action.flow, action.seq, action.data)
-        elif isinstance(action, PingClose):
-            self._close_ping(action.flow)
-
-    # -- UDP -----------------------------------------------------------------------------------------------
-    def _udp_send(self, flow: UdpFlow, dst: tuple[str, int], data: bytes) -> None:
-        sock = flow.handle
-        if sock is None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            flow.handle = sock
-            self._loop.add_reader(sock.fileno(), self._on_udp_readable, flow)
-        assert isinstance(sock, socket.socket)
-        with contextlib.suppress(OSError):
-            sock.sendto(data, dst)
-
-    def _drain(self, sock: socket.socket, deliver: Callable[[memoryview, Any], None]) -> None:
-        """Read every datagram waiting on ``sock`` (up to a bound per wakeup) into the shared buffer and
-        hand each to ``deliver``, which must copy what it keeps; then run the engine's actions once."""
-        view = memoryview(self._udp_buf)
-        for _ in range(64):
-            try:
-                n, src = sock.recvfrom_into(self._udp_buf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue  # an ICMP error queued on the socket: nothing to deliver
-            try:
-                deliver(view[:n], src)
-            except Exception:
-                self._internal_error("a datagram from the host failed")
+        self._timer_at = math.inf
+        self.stack.handle_timer(self._loop.time())
         self._pump()
 
-    def _on_udp_readable(self, flow: UdpFlow) -> None:
-        sock = flow.handle
-        if isinstance(sock, socket.socket):
-            now = self._loop.time()
-            self._drain(sock, lambda data, src: self.stack.udp_received(flow, data, src, now))
-
-    def _close_udp(self, flow: UdpFlow) -> None:
-        sock = flow.handle
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(sock.fileno())
-            sock.close()
-        flow.handle = None
-
-    def _on_fwd_datagram(self, rule: HostForward, sock: socket.socket) -> None:
-        now = self._loop.time()
-        self._drain(sock, lambda data, client: self.stack.hostfwd_udp(rule, client, data, now))
-
-    # -- DNS upstream ----------------------------------------------------------------------------------------
-    def _dns_send(self, upstream: tuple[str, int], data: bytes) -> None:
-        if self._dns_sock is None:
-            self._dns_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self._dns_sock.setblocking(False)
-            self._loop.add_reader(self._dns_sock.fileno(), self._on_dns_readable)
-        with contextlib.suppress(OSError):
-            self._dns_sock.sendto(data, upstream)
-
-    def _on_dns_readable(self) -> None:
-        if self._dns_sock is not None:
-            now = self._loop.time()
-            self._drain(self._dns_sock, lambda data, src: self.stack.dns_response(src, bytes(data), now))
-
-    # -- ICMP echo -------------------------------------------------------------------------------------------
-    def _ping_send(self, flow: PingFlow, seq: int, data: bytes) -> None:
-        """An echo request toward the host's network: an unprivileged ping socket (allowed by
-        net.ipv4.ping_group_range), else one shared raw socket (CAP_NET_RAW), else dropped and counted."""
-        packet = bytearray(bytes([8, 0, 0, 0]) + flow.ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + data)
-        sock = flow.handle
-        if sock is None:
-            try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-            except OSError:
-                sock = self._raw_icmp_socket()
-                if sock is None:
-                    self.ping_dropped += 1
-                    return
-                flow.handle = RAW_PING
-                self._raw_flows[(flow.dst, flow.ident)] = flow
-            else:
-                sock.setblocking(False)
-                flow.handle = sock
-                self._loop.add_reader(sock.fileno(), self._on_ping_readable, flow)
-        elif flow.handle is RAW_PING:
-            sock = self._raw_icmp
-        if sock is None or not isinstance(sock, socket.socket):
-            return
-        if flow.handle is RAW_PING:  # the kernel fills in the checksum only for ping sockets
-            packet[2:4] = internet_checksum(packet).to_bytes(2, "big")
-        with contextlib.suppress(OSError):
-            sock.sendto(packet, (flow.dst, 0))
-
-    def _raw_icmp_socket(self) -> socket.socket | None:
-        if self._raw_icmp is None and not self._raw_icmp_failed:
-            try:
-                self._raw_icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-            except OSError:
-                self._raw_icmp_failed = True
-                log.info("%s: neither ping sockets (net.ipv4.ping_group_range) nor raw sockets are allowed: "
-                         "guests' pings beyond the stack are dropped", self.label)
-                return None
-            self._raw_icmp.setblocking(False)
-            self._loop.add_reader(self._raw_icmp.fileno(), self._on_raw_icmp_readable)
-        return self._raw_icmp
-
-    def _on_raw_icmp_readable(self) -> None:
-        if self._raw_icmp is not None:
-            self._drain(self._raw_icmp, self._raw_icmp_message)
-
-    def _raw_icmp_message(self, data: memoryview, src: Any) -> None:
-        """A raw ICMP socket hears every ICMP message to the host (IP header included): keep the echo
-        replies that answer our flows."""
-        hlen = (data[0] & 0x0F) * 4 if data else 0
-        if len(data) < hlen + 8 or data[hlen] != 0:
-            return
-        flow = self._raw_flows.get((src[0], int.from_bytes(data[hlen + 4 : hlen + 6], "big")))
-        if flow is not None:
-            seq = int.from_bytes(data[hlen + 6 : hlen + 8], "big")
-            self.stack.ping_reply(flow, seq, bytes(data[hlen + 8 :]), self._loop.time())
-
-    def _on_ping_readable(self, flow: PingFlow) -> None:
-        sock = flow.handle
-        if isinstance(sock, socket.socket):
-            self._drain(sock, lambda data, _src: self._ping_socket_message(flow, data))
-
-    def _ping_socket_message(self, flow: PingFlow, data: memoryview) -> None:
-        """A ping socket delivers the ICMP message alone; the kernel rewrote the id, ours is the flow's."""
-        if len(data) >= 8 and data[0] == 0:
-            self.stack.ping_reply(flow, int.from_bytes(data[6:8], "big"), bytes(data[8:]), self._loop.time())
-
-    def _close_ping(self, flow: PingFlow) -> None:
-        if flow.handle is RAW_PING:
-            if self._raw_flows.get((flow.dst, flow.ident)) is flow:
-                del self._raw_flows[(flow.dst, flow.ident)]
-            flow.handle = None
-            return
-        sock = flow.handle
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(sock.fileno())
-            sock.close()
-        flow.handle = None
-
     # -- TCP ---------------------------------------------------------------------------------------------------
-    def _tcp_connect(self, relay: TcpRelay, target: tuple[str, int] | str) -> None:
+    def _tcp_connect(self, fid: int, family: int, target: tuple[str, int] | str) -> None:
         if isinstance(target, str):
-            self._spawn_guestfwd(relay, target)
+            self._spawn_guestfwd(fid, target)
             return
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_STREAM)
         except OSError as exc:  # out of file descriptors: the guest gets a RST, not a hang
-            self._connect_failed(relay, exc.errno or errno.EMFILE)
+            self.stack.tcp_failed(fid, exc.errno or errno.EMFILE, self._loop.time())
             return
         sock.setblocking(False)
-        host = _HostTcp(sock)
-        relay.handle = host
+        host = _HostTcp(fid, sock)
+        self._tcp[fid] = host
         err = sock.connect_ex(target)
         if err in (0, errno.EINPROGRESS):
             host.connecting = True
-            self._loop.add_writer(sock.fileno(), self._on_connect_done, relay)
-            host.timer = self._loop.call_later(CONNECT_TIMEOUT, self._on_connect_timeout, relay)
+            self._loop.add_writer(sock.fileno(), self._on_connect_done, host)
+            host.timer = self._loop.call_later(CONNECT_TIMEOUT, self._on_connect_timeout, host)
         else:
-            self._connect_failed(relay, err)
+            self._connect_failed(host, err)
 
-    def _spawn_guestfwd(self, relay: TcpRelay, command: str) -> None:
+    def _spawn_guestfwd(self, fid: int, command: str) -> None:
         """guestfwd=...-cmd:COMMAND: the command's stdin/stdout is the connection (as QEMU's cmd:)."""
         try:
             ours, theirs = socket.socketpair()
         except OSError as exc:
-            self._connect_failed(relay, exc.errno or errno.EMFILE)
+            self.stack.tcp_failed(fid, exc.errno or errno.EMFILE, self._loop.time())
             return
         try:
             proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=theirs, stdout=theirs, close_fds=True)
         except OSError:
             ours.close()
             theirs.close()
-            self._connect_failed(relay, errno.ENOENT)
+            self.stack.tcp_failed(fid, errno.ECONNREFUSED, self._loop.time())
             return
         theirs.close()
         ours.setblocking(False)
-        host = _HostTcp(ours)
+        host = _HostTcp(fid, ours)
         host.proc = proc
-        relay.handle = host
-        self.stack.tcp_connected(relay, self._loop.time())
-        self._start_reading(relay)
-        self._pump()
+        self._tcp[fid] = host
+        self.stack.tcp_connected(fid, self._loop.time())
+        self._start_reading(host)
 
-    def _on_connect_done(self, relay: TcpRelay) -> None:
-        host = relay.handle
-        assert isinstance(host, _HostTcp)
+    def _on_connect_done(self, host: _HostTcp) -> None:
         self._loop.remove_writer(host.sock.fileno())
         host.connecting = False
         if host.timer is not None:
@@ -542,34 +384,34 @@ class UserNetPort(Port):
             host.timer = None
         err = host.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._connect_failed(relay, err)
-            return
-        with contextlib.suppress(OSError):
-            host.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.stack.tcp_connected(relay, self._loop.time())
-        self._start_reading(relay)
-        if host.out:
-            self._arm_writer(relay, host)
+            self._connect_failed(host, err)
+        else:
+            with contextlib.suppress(OSError):
+                host.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.stack.tcp_connected(host.fid, self._loop.time())
+            if self._tcp.get(host.fid) is host:
+                self._start_reading(host)
+                if host.out:
+                    self._arm_writer(host)
         self._pump()
 
-    def _on_connect_timeout(self, relay: TcpRelay) -> None:
-        host = relay.handle
-        if isinstance(host, _HostTcp) and host.connecting:
+    def _on_connect_timeout(self, host: _HostTcp) -> None:
+        if host.connecting:
             self._loop.remove_writer(host.sock.fileno())
             host.connecting = False
             host.timer = None
-            self._connect_failed(relay, errno.ETIMEDOUT)
+            self._connect_failed(host, errno.ETIMEDOUT)
+            self._pump()
 
-    def _connect_failed(self, relay: TcpRelay, err: int) -> None:
-        self.stack.tcp_failed(relay, err == errno.ECONNREFUSED, self._loop.time())
-        self._close_host(relay)
-        self._pump()
+    def _connect_failed(self, host: _HostTcp, err: int) -> None:
+        self._tcp.pop(host.fid, None)
+        self._close_socket(host)
+        self.stack.tcp_failed(host.fid, err, self._loop.time())
 
-    def _start_reading(self, relay: TcpRelay) -> None:
-        host = relay.handle
-        if isinstance(host, _HostTcp) and not host.reading and not host.connecting and host.sock.fileno() >= 0:
+    def _start_reading(self, host: _HostTcp) -> None:
+        if not host.reading and not host.connecting and host.sock.fileno() >= 0:
             host.reading = True
-            self._loop.add_reader(host.sock.fileno(), self._on_tcp_readable, relay)
+            self._loop.add_reader(host.sock.fileno(), self._on_tcp_readable, host)
 
     def _stop_reading(self, host: _HostTcp) -> None:
         if host.reading:
@@ -577,37 +419,35 @@ class UserNetPort(Port):
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(host.sock.fileno())
 
-    def _on_tcp_readable(self, relay: TcpRelay) -> None:
-        host = relay.handle
-        if not isinstance(host, _HostTcp):
-            return
-        stack = self.stack
-        space = stack.tcp_send_space(relay)
-        if space <= 0:
-            self._stop_reading(host)
-            return
+    def _on_tcp_readable(self, host: _HostTcp) -> None:
+        now = self._loop.time()
         try:
-            data = host.sock.recv(min(space, READ_CHUNK))
+            n = self.stack.tcp_fill(host.fid, host.sock.recv_into, now)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._stop_reading(host)
-            stack.tcp_error(relay, self._loop.time())
+            self.stack.tcp_reset(host.fid, now)
             self._pump()
             return
-        now = self._loop.time()
-        if not data:
+        except Exception as exc:
             self._stop_reading(host)
-            stack.tcp_eof(relay, now)
-        else:
-            stack.tcp_data(relay, data, now)
-            if relay.read_paused:
-                self._stop_reading(host)
+            self._fault("io tcp read", exc)
+            self.stack.tcp_reset(host.fid, now)
+            self._pump()
+            return
+        if not n:
+            self._stop_reading(host)  # EOF (the engine sends FIN) or no room until TCP_RESUME
         self._pump()
 
-    def _tcp_write(self, relay: TcpRelay, data: bytes) -> None:
-        host = relay.handle
-        if not isinstance(host, _HostTcp):
+    def _tcp_resume(self, fid: int) -> None:
+        host = self._tcp.get(fid)
+        if host is not None:
+            self._start_reading(host)
+
+    def _tcp_write(self, fid: int, data: bytearray) -> None:
+        host = self._tcp.get(fid)
+        if host is None:
             return
         if host.out or host.connecting:
             host.out += data
@@ -617,18 +457,71 @@ class UserNetPort(Port):
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            self.stack.tcp_error(relay, self._loop.time())
+            self.stack.tcp_reset(fid, self._loop.time())
             return
         if sent:
-            self.stack.tcp_written(relay, sent, self._loop.time())
+            self.stack.tcp_written(fid, sent, self._loop.time())
         if sent < len(data):
-            host.out += data[sent:]
-            self._arm_writer(relay, host)
+            host.out += memoryview(data)[sent:]
+            self._arm_writer(host)
 
-    def _arm_writer(self, relay: TcpRelay, host: _HostTcp) -> None:
+    def _arm_writer(self, host: _HostTcp) -> None:
         if not host.writing:
             host.writing = True
-            self._loop.add_writer(host.sock.fileno(), self._on_tcp_writable, relay)
+            self._loop.add_writer(host.sock.fileno(), self._on_tcp_writable, host)
+
+    def _on_tcp_writable(self, host: _HostTcp) -> None:
+        try:
+            sent = host.sock.send(host.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._loop.remove_writer(host.sock.fileno())
+            host.writing = False
+            self.stack.tcp_reset(host.fid, self._loop.time())
+            self._pump()
+            return
+        del host.out[:sent]
+        if not host.out:
+            self._loop.remove_writer(host.sock.fileno())
+            host.writing = False
+            if host.shut_pending:
+                with contextlib.suppress(OSError):
+                    host.sock.shutdown(socket.SHUT_WR)
+        self.stack.tcp_written(host.fid, sent, self._loop.time())
+        self._pump()
+
+    def _tcp_shutdown(self, fid: int) -> None:
+        host = self._tcp.get(fid)
+        if host is None:
+            return
+        if host.out or host.connecting:
+            host.shut_pending = True
+            return
+        with contextlib.suppress(OSError):
+            host.sock.shutdown(socket.SHUT_WR)
+
+    def _tcp_close(self, fid: int, abortive: bool) -> None:
+        host = self._tcp.pop(fid, None)
+        if host is None:
+            return
+        if abortive:
+            # The guest reset the connection: so does the host side (the peer sees ECONNRESET).
+            with contextlib.suppress(OSError):
+                host.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+            self._close_socket(host)
+            return
+        if host.out and not host.connecting and host.sock.fileno() >= 0:
+            # The guest saw these bytes acknowledged: write them out before closing (bounded in time).
+            self._stop_reading(host)
+            self._lingering.add(host)
+            if host.writing:
+                self._loop.remove_writer(host.sock.fileno())
+            host.writing = True
+            self._loop.add_writer(host.sock.fileno(), self._on_linger_writable, host)
+            host.timer = self._loop.call_later(LINGER_TIMEOUT, self._close_socket, host)
+            return
+        self._close_socket(host)
 
     def _on_linger_writable(self, host: _HostTcp) -> None:
         try:
@@ -643,55 +536,6 @@ class UserNetPort(Port):
             with contextlib.suppress(OSError):
                 host.sock.shutdown(socket.SHUT_WR)
             self._close_socket(host)
-
-    def _on_tcp_writable(self, relay: TcpRelay) -> None:
-        host = relay.handle
-        if not isinstance(host, _HostTcp):
-            return
-        try:
-            sent = host.sock.send(host.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._loop.remove_writer(host.sock.fileno())
-            host.writing = False
-            self.stack.tcp_error(relay, self._loop.time())
-            self._pump()
-            return
-        del host.out[:sent]
-        if not host.out:
-            self._loop.remove_writer(host.sock.fileno())
-            host.writing = False
-            if host.shut_pending:
-                with contextlib.suppress(OSError):
-                    host.sock.shutdown(socket.SHUT_WR)
-        self.stack.tcp_written(relay, sent, self._loop.time())
-        self._pump()
-
-    def _tcp_shutdown(self, relay: TcpRelay) -> None:
-        host = relay.handle
-        if not isinstance(host, _HostTcp):
-            return
-        if host.out or host.connecting:
-            host.shut_pending = True
-            return
-        with contextlib.suppress(OSError):
-            host.sock.shutdown(socket.SHUT_WR)
-
-    def _close_host(self, relay: TcpRelay) -> None:
-        host = relay.handle
-        if not isinstance(host, _HostTcp):
-            return
-        relay.handle = None
-        if host.out and not host.connecting and host.sock.fileno() >= 0:
-            # The guest saw these bytes acknowledged: write them out before closing (bounded in time).
-            self._stop_reading(host)
-            self._lingering.add(host)
-            host.writing = True  # (re)register: the relay's writer callback is replaced by the lingering one
-            self._loop.add_writer(host.sock.fileno(), self._on_linger_writable, host)
-            host.timer = self._loop.call_later(LINGER_TIMEOUT, self._close_socket, host)
-            return
-        self._close_socket(host)
 
     def _close_socket(self, host: _HostTcp) -> None:
         self._lingering.discard(host)
@@ -709,50 +553,230 @@ class UserNetPort(Port):
         if host.proc is not None:
             with contextlib.suppress(OSError):
                 host.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                host.proc.wait(0)  # reap it if it already exited; a SIGCHLD-free reap happens at the next close
 
-    def _on_fwd_accept(self, rule: HostForward, sock: socket.socket) -> None:
-        accept_pending(sock, self._loop, lambda: self._on_fwd_accept(rule, sock),
-                       lambda conn, client: self._fwd_accepted(rule, conn, client), limit=16)
+    def _on_fwd_accept(self, index: int, sock: socket.socket) -> None:
+        accept_pending(sock, self._loop, lambda: self._on_fwd_accept(index, sock),
+                       lambda conn, client: self._fwd_accepted(index, conn, client), limit=ACCEPT_LIMIT)
         self._pump()
 
-    def _fwd_accepted(self, rule: HostForward, conn: socket.socket, client: Any) -> None:
+    def _fwd_accepted(self, index: int, conn: socket.socket, client: Any) -> None:
         conn.setblocking(False)
+        fid = self.stack.hostfwd_tcp(index, (client[0], client[1]), self._loop.time())
+        if fid is None:
+            conn.close()  # a cap said no: the client sees the connection closed at once
+            return
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        relay = self.stack.hostfwd_connect(rule, client, self._loop.time())
-        if relay is None:
-            conn.close()
+        host = _HostTcp(fid, conn)
+        self._tcp[fid] = host
+        self._start_reading(host)
+        log.info("%s: hostfwd connection from %s:%d", self.label, client[0], client[1])
+
+    # -- UDP -----------------------------------------------------------------------------------------------
+    def _udp_send(self, fid: int, family: int, dst: tuple[str, int], data: bytes) -> None:
+        sock = self._udp.get(fid)
+        if sock is None:
+            sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+            self._udp[fid] = sock
+            self._loop.add_reader(sock.fileno(), self._on_udp_readable, fid, sock)
+        try:
+            sock.sendto(data, dst)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._udp_errors(fid, sock)  # a pending ICMP error surfaced here
+            with contextlib.suppress(OSError):
+                sock.sendto(data, dst)
+
+    def _on_udp_readable(self, fid: int, sock: socket.socket) -> None:
+        now = self._loop.time()
+        buf, view, stack = self._udp_buf, self._udp_view, self.stack
+        for _ in range(DRAIN_LIMIT):
+            try:
+                n, src = sock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._udp_errors(fid, sock)
+                continue
+            stack.udp_received(fid, view[:n], src, now)
+        self._pump()
+
+    def _udp_errors(self, fid: int, sock: socket.socket) -> None:
+        """ICMP errors queued on a flow's socket (IP_RECVERR): unreachables go back to the guest."""
+        now = self._loop.time()
+        for _ in range(DRAIN_LIMIT):
+            try:
+                _data, ancdata, _flags, addr = sock.recvmsg(64, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_IP and kind == IP_RECVERR and len(cdata) >= _EE.size:
+                    _errno, origin, icmp_type, code, _pad, _info, _d = _EE.unpack_from(cdata)
+                    if origin == SO_EE_ORIGIN_ICMP and icmp_type == 3 and isinstance(addr, tuple):
+                        self.stack.udp_error(fid, (addr[0], addr[1]), code, now)
+
+    def _udp_close(self, fid: int) -> None:
+        sock = self._udp.pop(fid, None)
+        if sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _on_fwd_datagram(self, index: int, sock: socket.socket) -> None:
+        now = self._loop.time()
+        buf, view = self._udp_buf, self._udp_view
+        for _ in range(DRAIN_LIMIT):
+            try:
+                n, client = sock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            self.stack.hostfwd_udp(index, (client[0], client[1]), view[:n], now)
+        self._pump()
+
+    def _udp_fwd_reply(self, index: int, client: tuple[str, int], data: bytes) -> None:
+        if index < len(self._fwd_socks):
+            with contextlib.suppress(OSError):
+                self._fwd_socks[index].sendto(data, client)
+
+    # -- DNS upstream ----------------------------------------------------------------------------------------
+    def _dns_send(self, upstream: tuple[str, int], payload: bytes, tcp: bool) -> None:
+        self._dns.send(upstream, payload, tcp)
+
+    def _on_dns_answer(self, payload: bytes, upstream: tuple[str, int], tcp: bool) -> None:
+        self.stack.dns_answer(payload, upstream, tcp, self._loop.time())
+        self._pump()
+
+    # -- ICMP echo -------------------------------------------------------------------------------------------
+    def _ping_send(self, fid: int, family: int, dst: str, ident: int, seq: int, data: bytes) -> None:
+        """An echo request toward the host's network: an unprivileged ping socket (allowed by
+        net.ipv4.ping_group_range), else one shared raw socket (CAP_NET_RAW), else dropped and counted."""
+        packet = bytearray(bytes([8, 0, 0, 0]) + ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + data)
+        handle = self._pings.get(fid)
+        if handle is None:
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+            except OSError:
+                if self._raw_icmp_socket() is None:
+                    self.ping_dropped += 1
+                    return
+                handle = _RAW
+                self._raw_flows[(dst, ident)] = (fid, ident)
+            else:
+                sock.setblocking(False)
+                handle = sock
+                self._loop.add_reader(sock.fileno(), self._on_ping_readable, fid, sock)
+            self._pings[fid] = handle
+        if handle is _RAW:
+            raw = self._raw_icmp
+            if raw is None:
+                return
+            packet[2:4] = internet_checksum(packet).to_bytes(2, "big")  # the kernel fills it only for ping sockets
+            with contextlib.suppress(OSError):
+                raw.sendto(packet, (dst, 0))
+        else:
+            assert isinstance(handle, socket.socket)
+            with contextlib.suppress(OSError):
+                handle.sendto(packet, (dst, 0))
+
+    def _raw_icmp_socket(self) -> socket.socket | None:
+        if self._raw_icmp is None and not self._raw_icmp_failed:
+            try:
+                self._raw_icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            except OSError:
+                self._raw_icmp_failed = True
+                log.info("%s: neither ping sockets (net.ipv4.ping_group_range) nor raw sockets are allowed: "
+                         "guests' pings beyond the stack are dropped", self.label)
+                return None
+            self._raw_icmp.setblocking(False)
+            self._loop.add_reader(self._raw_icmp.fileno(), self._on_raw_icmp_readable)
+        return self._raw_icmp
+
+    def _on_raw_icmp_readable(self) -> None:
+        """A raw ICMP socket hears every ICMP message to the host (IP header included): keep the echo
+        replies that answer our flows."""
+        raw = self._raw_icmp
+        if raw is None:
             return
-        relay.handle = _HostTcp(conn)
-        self._start_reading(relay)
-        log.info("%s: hostfwd %s:%d connection from %s:%d", self.label, rule.host_addr or "*", rule.host_port,
-                 client[0], client[1])
+        now = self._loop.time()
+        buf, view = self._udp_buf, self._udp_view
+        for _ in range(DRAIN_LIMIT):
+            try:
+                n, src = raw.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            hlen = (buf[0] & 0x0F) * 4 if n else 0
+            if n < hlen + 8 or buf[hlen] != 0:
+                continue
+            ident = int.from_bytes(buf[hlen + 4 : hlen + 6], "big")
+            entry = self._raw_flows.get((src[0], ident))
+            if entry is not None:
+                seq = int.from_bytes(buf[hlen + 6 : hlen + 8], "big")
+                self.stack.ping_reply(entry[0], seq, bytes(view[hlen + 8 : n]), now)
+        self._pump()
+
+    def _on_ping_readable(self, fid: int, sock: socket.socket) -> None:
+        """A ping socket delivers the ICMP message alone; the kernel rewrote the id, ours is the flow's."""
+        now = self._loop.time()
+        buf, view = self._udp_buf, self._udp_view
+        for _ in range(DRAIN_LIMIT):
+            try:
+                n, _src = sock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            if n >= 8 and buf[0] == 0:
+                self.stack.ping_reply(fid, int.from_bytes(buf[6:8], "big"), bytes(view[8:n]), now)
+        self._pump()
+
+    def _ping_close(self, fid: int) -> None:
+        handle = self._pings.pop(fid, None)
+        if handle is _RAW:
+            for key, (owner, _ident) in list(self._raw_flows.items()):
+                if owner == fid:
+                    del self._raw_flows[key]
+        elif isinstance(handle, socket.socket):
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(handle.fileno())
+            handle.close()
 
     # -- monitor -------------------------------------------------------------------------------------------
     def loop_time(self) -> float:
         return self._loop.time()
 
-    def forward_fds(self) -> list[tuple[HostForward, int]]:
-        return [(rule, sock.fileno()) for rule, sock in self._fwd_socks]
+    def forward_fds(self) -> list[tuple[HostForward, int, int]]:
+        """(rule, fd, bound port) of every hostfwd listener."""
+        out = []
+        for rule, sock in zip(self.stack.cfg.hostfwd, self._fwd_socks, strict=False):
+            out.append((rule, sock.fileno(), sock.getsockname()[1]))
+        return out
 
-    def fd_of(self, owner: TcpRelay | UdpFlow | PingFlow) -> int:
-        handle = owner.handle
-        if isinstance(handle, _HostTcp):
-            return handle.sock.fileno()
-        if isinstance(handle, socket.socket):
-            return handle.fileno()
-        return -1
-
-    def tcp_queues(self, relay: TcpRelay) -> tuple[int, int]:
-        """(bytes from the guest not yet written to the host, bytes for the guest it has not acknowledged)."""
-        return relay.conn.unconsumed, relay.conn.bytes_unacked
+    def fd_of(self, fid: int) -> int:
+        host = self._tcp.get(fid)
+        if host is not None:
+            return host.sock.fileno()
+        sock = self._udp.get(fid) or self._pings.get(fid)
+        return sock.fileno() if isinstance(sock, socket.socket) else -1
 
     # -- leases ------------------------------------------------------------------------------------------------
     def _save_leases(self) -> None:
         self._leases_timer = None
-        if not self.leases_path or self.stack.dhcp is None:
+        dhcp = self.stack.dhcp
+        if not self.leases_path or dhcp is None:
             return
-        self._leases_saved = self.stack.dhcp.changed
+        self._leases_saved = dhcp.server.changed
         # Expiry times are the loop's monotonic clock inside vmlan, wall-clock time in the file.
         offset = time.time() - self._loop.time()
         data = []
@@ -788,3 +812,6 @@ def _load_leases(path: str, now: float) -> list[Lease]:
             continue
         leases.append(Lease(lease.mac, lease.ip, lease.expires + offset, lease.hostname))
     return leases
+
+
+__all__ = ["UserNetPort", "stack_config"]

@@ -1,0 +1,126 @@
+"""The stack's own servers, registered by (protocol, address, port), and the handlers behind them.
+
+A guest datagram or connection first looks up ``(address, port)`` in the registry of its protocol; only
+what no service claims goes to NAT. Today: DHCP (UDP 67 at the gateway and the broadcast addresses), DNS
+(UDP and TCP 53 at the DNS address) and guestfwd (TCP at its virtual address); TFTP and DHCPv6 register
+the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from vmlan.engines.dhcp import DhcpServer, Lease
+from vmlan.engines.dns import DnsForwarder, Reply, SendUpstream, TcpDnsFramer
+from vmlan.engines.usernet import actions as A
+
+if TYPE_CHECKING:
+    from vmlan.engines.usernet.core import Core, TimerFlow
+    from vmlan.engines.usernet.guests import Guest
+
+__all__ = ["DhcpService", "DnsService", "DnsTcpState", "Services", "UdpHandler"]
+
+#: A UDP service: (guest, guest MAC, source address, source port, destination address, data, now).
+UdpHandler = Callable[["Guest", bytes, bytes, int, bytes, memoryview, float], None]
+
+
+class Services:
+    __slots__ = ("tcp", "udp")
+
+    def __init__(self) -> None:
+        self.udp: dict[tuple[bytes, int], UdpHandler] = {}
+        self.tcp: dict[tuple[bytes, int], object] = {}  # a guestfwd target, or a TCP service object
+
+    def register_udp(self, addr: bytes, port: int, handler: UdpHandler) -> None:
+        self.udp[(addr, port)] = handler
+
+    def register_tcp(self, addr: bytes, port: int, target: object) -> None:
+        self.tcp[(addr, port)] = target
+
+
+class DhcpService:
+    """DHCP (engines/dhcp.py) for the guests: leases bind addresses to the requesting port's MAC."""
+
+    __slots__ = ("core", "server")
+
+    def __init__(self, core: Core, server: DhcpServer) -> None:
+        self.core = core
+        self.server = server
+        server.in_use = self._in_use
+        core.dhcp_holder = lambda ip: server.holder(ip, core.now)
+
+    def _in_use(self, ip: bytes, mac: bytes) -> bool:
+        owner = self.core.guests.ip_owner.get(ip)
+        return owner is not None and owner[1] != mac
+
+    def handle(self, guest: Guest, mac: bytes, src: bytes, sport: int, dst: bytes, data: memoryview,
+               now: float) -> None:
+        if sport != 68:
+            self.core.counters.no_route += 1
+            return
+        reply = self.server.handle(data, mac, now)
+        if reply is None:
+            return
+        core = self.core
+        if reply.lease is not None:
+            core.guests.bind(guest, mac, reply.lease.ip)
+        core.send_udp(core.host_ip, 67, reply.dst_ip, 68, reply.payload, reply.dst_mac)
+
+    def leases(self) -> list[Lease]:
+        return self.server.leases()
+
+
+class DnsTcpState:
+    """DNS over TCP from one guest connection: a framer, answers owed, and a FIN waiting for them."""
+
+    __slots__ = ("eof", "framer", "pending")
+
+    def __init__(self) -> None:
+        self.framer = TcpDnsFramer()
+        self.pending = 0
+        self.eof = False
+
+
+class DnsService:
+    """The resolver at the DNS address (engines/dns.py), over UDP and TCP, with its upstream actions."""
+
+    __slots__ = ("core", "resolver", "tcp_reply", "timer")
+
+    def __init__(self, core: Core, resolver: DnsForwarder) -> None:
+        self.core = core
+        self.resolver = resolver
+        self.timer: TimerFlow = core.timer(self._on_timer)
+        # set by the TCP part: (fid, framed answer, now) -> None
+        self.tcp_reply: Callable[[int, bytes, bool, float], None] = lambda fid, data, last, now: None
+
+    def handle_udp(self, guest: Guest, mac: bytes, src: bytes, sport: int, dst: bytes, data: memoryview,
+                   now: float) -> None:
+        self._apply(self.resolver.query(bytes(data), ("udp", src, sport), now, guest=guest), now)
+
+    def tcp_data(self, fid: int, state: DnsTcpState, guest: Guest | None, data: bytes | bytearray, now: float) -> None:
+        for message in state.framer.feed(data):
+            actions = self.resolver.query(message, ("tcp", fid), now, tcp=True, guest=guest)
+            if actions:  # dropped queries (duplicates, malformed) get no answer to wait for
+                state.pending += 1
+            self._apply(actions, now)
+
+    def answer(self, payload: bytes, upstream: tuple[str, int], tcp: bool, now: float) -> None:
+        self._apply(self.resolver.upstream_response(payload, upstream, now, tcp=tcp), now)
+
+    def _on_timer(self, now: float) -> None:
+        self._apply(self.resolver.handle_timer(now), now)
+
+    def _apply(self, actions: list[Any], now: float) -> None:
+        core = self.core
+        for action in actions:
+            if isinstance(action, SendUpstream):
+                core.actions.append((A.DNS_SEND, action.upstream, action.payload, getattr(action, "tcp", False)))
+            elif isinstance(action, Reply):
+                client = action.client
+                if client[0] == "udp":
+                    core.send_udp(core.dns_ip, 53, client[1], client[2], action.payload)
+                else:
+                    self.tcp_reply(client[1], TcpDnsFramer.frame(action.payload), True, now)
+        deadline = self.resolver.get_timer()
+        core.flows.arm(self.timer, deadline if deadline is not None else float("inf"))

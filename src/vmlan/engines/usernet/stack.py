@@ -1,0 +1,333 @@
+"""The user-mode network stack (QEMU's ``-netdev user``, libslirp's model), as a sans-IO engine.
+
+The stack sits on a hub like any port. It plays the virtual hosts of the guests' network (the gateway
+``host``, the resolver ``dns``, guestfwd servers), answers ARP for them, serves DHCP and DNS, answers pings
+to them, and translates the guests' TCP, UDP and ICMP echo toward the host into host socket operations.
+Several guests share one stack; each is known by the port its frames arrive on (guests.py).
+
+Like every engine here it never touches a socket or a clock. Frames come in through
+``receive_frame(frame, port, offload, now)``; frames for the hub come out of :meth:`take_frames` and
+socket work out of :meth:`take_actions` (tuples, actions.py); socket results go back in through the
+``tcp_*``, ``udp_*``, ``hostfwd_*``, ``dns_answer`` and ``ping_reply`` methods. ``get_timer()`` and
+``handle_timer(now)`` drive every timeout through the one flow table (flows.py).
+
+The parts, each in its module: guests.py (identity), neighbours.py (ARP), l3.py (IPv4, the family
+interface), flows.py (flow table and timers), services.py (DHCP, DNS and the registry), tcpnat.py,
+udp.py, icmp.py. A frame never raises out of here: an internal error costs that frame and is counted per
+kind (``faults``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+from vmlan.engines.dhcp import DhcpServer, Lease
+from vmlan.engines.dns import DnsForwarder
+from vmlan.engines.usernet.actions import Action
+from vmlan.engines.usernet.config import StackConfig
+from vmlan.engines.usernet.core import Core
+from vmlan.engines.usernet.guests import Guest
+from vmlan.engines.usernet.icmp import Icmp, PingFlow
+from vmlan.engines.usernet.l3 import ETH_IP, ETH_IP_PORTS, IPV4
+from vmlan.engines.usernet.neighbours import Neighbours
+from vmlan.engines.usernet.services import DhcpService, DnsService, Services
+from vmlan.engines.usernet.tcpnat import TcpFlow, TcpNat
+from vmlan.engines.usernet.udp import Udp, UdpFlow, UdpFwdSession
+from vmlan.wire import BytesLike
+from vmlan.wire.checksum import internet_checksum
+from vmlan.wire.vnet import FLAG_DATA_VALID, FLAG_NEEDS_CSUM, Offload
+
+__all__ = ["UserStack"]
+
+_BROADCAST = b"\xff" * 6
+_ZERO4 = b"\0\0\0\0"
+_ALL_ONES4 = b"\xff\xff\xff\xff"
+_L4_VOUCHED = FLAG_DATA_VALID | FLAG_NEEDS_CSUM
+
+
+class UserStack:
+    __slots__ = ("core", "counters", "dhcp", "dns", "faults", "flows", "guests", "icmp", "neighbours", "services",
+                 "tcp", "udp")
+
+    def __init__(
+        self,
+        cfg: StackConfig,
+        leases: Iterable[Lease] = (),
+        *,
+        secret: bytes | None = None,
+        port_tso: Callable[[Hashable], bool] | None = None,
+    ) -> None:
+        """``secret`` keys ISNs and ports (random if None); ``port_tso(port)`` says whether a port takes
+        GSO frames (the I/O layer asks the port object)."""
+        core = self.core = Core(cfg, secret, port_tso)
+        self.flows = core.flows
+        self.guests = core.guests
+        self.counters = core.counters
+        self.faults = core.faults
+        self.services = Services()
+        self.icmp = Icmp(core)
+        self.udp = Udp(core, self.icmp)
+        self.neighbours = Neighbours(core)
+        self.dhcp = DhcpService(core, DhcpServer(cfg.dhcp, leases)) if cfg.dhcp is not None else None
+        self.dns = None
+        if cfg.dns_config is not None and not cfg.restrict:
+            self.dns = DnsService(core, DnsForwarder(cfg.dns_config))
+        self.tcp = TcpNat(core, self.icmp, self.dns)
+        if self.dhcp is not None:
+            for addr in (core.host_ip, core.bcast_ip, _ALL_ONES4):
+                self.services.register_udp(addr, 67, self.dhcp.handle)
+        if self.dns is not None:
+            self.services.register_udp(core.dns_ip, 53, self.dns.handle_udp)
+
+    # -- outputs --------------------------------------------------------------------------------------------
+    def take_frames(self) -> list[tuple[bytes, Offload | None]]:
+        core = self.core
+        frames, core.frames = core.frames, []
+        return frames
+
+    def take_actions(self) -> list[Action]:
+        core = self.core
+        actions, core.actions = core.actions, []
+        return actions
+
+    # -- frames from the hub ------------------------------------------------------------------------------
+    def receive_frame(self, frame: BytesLike, port: Hashable, offload: Offload | None, now: float) -> None:
+        """A frame from ``port``'s peer (``frame`` is only valid during the call). Never raises."""
+        try:
+            self._frame(frame, port, offload, now)
+        except Exception as exc:
+            self.faults.record(_frame_kind(frame), exc)
+
+    def _frame(self, frame: BytesLike, port: Hashable, offload: Offload | None, now: float) -> None:
+        core = self.core
+        core.now = now
+        c = core.counters
+        c.frames_in += 1
+        n = len(frame)
+        if n < 14:
+            c.unsupported += 1
+            return
+        d0 = frame[0]
+        if d0 & 1:
+            if frame[0:6] != _BROADCAST:
+                c.not_for_us += 1
+                return
+        elif d0 != 0x52 or frame[1] != 0x55:
+            c.not_for_us += 1  # another guest's unicast, seen because hubs flood
+            return
+        guests = core.guests
+        guest = guests.by_port.get(port)
+        if guest is None:
+            guest = guests.guest(port, str(getattr(port, "name", port)), core.port_tso(port))
+        mac = bytes(frame[6:12])
+        if mac not in guest.macs and not guests.admit(guest, mac):
+            c.bad_source += 1
+            return
+        ethertype = (frame[12] << 8) | frame[13]
+        if ethertype == 0x0800:
+            self._ipv4(guest, mac, frame, offload, now)
+        elif ethertype == 0x0806:
+            self.neighbours.arp_input(guest, mac, frame)
+        else:
+            c.unsupported += 1
+
+    def _ipv4(self, guest: Guest, mac: bytes, frame: BytesLike, offload: Offload | None, now: float) -> None:
+        core = self.core
+        n = len(frame)
+        if n >= 38:
+            _d, _s, _t, vihl, _tos, total, _ident, frag, _ttl, proto, _csum, src, dst, sport, dport = (
+                ETH_IP_PORTS.unpack_from(frame)
+            )
+        elif n >= 34:
+            _d, _s, _t, vihl, _tos, total, _ident, frag, _ttl, proto, _csum, src, dst = ETH_IP.unpack_from(frame)
+            sport = dport = 0
+        else:
+            core.counters.bad_ipv4 += 1
+            return
+        ihl = 20
+        if vihl != 0x45:
+            ihl = (vihl & 0x0F) * 4
+            if vihl >> 4 != 4 or ihl < 20:
+                core.counters.bad_ipv4 += 1
+                return
+        end = 14 + total
+        if total < ihl or end > n:
+            core.counters.bad_ipv4 += 1
+            return
+        view = memoryview(frame)
+        if internet_checksum(view[14 : 14 + ihl]) != 0:
+            core.counters.bad_ipv4 += 1
+            return
+        if frag & 0x3FFF:
+            core.counters.fragments += 1
+            return
+        if guest.ip_of.get(mac) != src:
+            if src == _ZERO4:
+                if proto != 17 or dport != 67:
+                    core.counters.bad_source += 1
+                    return
+            elif not core.guests.source_ok(guest, mac, src):
+                core.counters.bad_source += 1
+                return
+        l4 = view[14 + ihl : end]
+        if ihl != 20 and len(l4) >= 4:
+            sport = (l4[0] << 8) | l4[1]
+            dport = (l4[2] << 8) | l4[3]
+        vouched = offload is not None and bool(offload.flags & _L4_VOUCHED)
+        if proto == 6:
+            if len(l4) < 20:
+                core.counters.bad_l4 += 1
+                return
+            self.tcp.segment(guest, mac, src, dst, sport, dport, l4, vouched, now)
+        elif proto == 17:
+            self._udp(guest, mac, src, dst, sport, dport, l4, vouched, now)
+        elif proto == 1:
+            self.icmp.input(guest, src, dst, l4, vouched, now)
+        else:
+            core.counters.unsupported += 1
+
+    def _udp(self, guest: Guest, mac: bytes, src: bytes, dst: bytes, sport: int, dport: int, l4: memoryview,
+             vouched: bool, now: float) -> None:
+        core = self.core
+        if len(l4) < 8:
+            core.counters.bad_l4 += 1
+            return
+        length = (l4[4] << 8) | l4[5]
+        if length < 8 or length > len(l4):
+            core.counters.bad_l4 += 1
+            return
+        if not vouched and (l4[6] or l4[7]):
+            s = internet_checksum(l4[:length], IPV4.pseudo_sum(src, dst, 17) + length)
+            if s not in (0, 0xFFFF):
+                core.counters.bad_l4 += 1
+                return
+        data = l4[8:length]
+        handler = self.services.udp.get((dst, dport))
+        if handler is not None:
+            handler(guest, mac, src, sport, dst, data, now)
+            return
+        if src == _ZERO4:
+            core.counters.bad_source += 1
+            return
+        self.udp.input(guest, src, dst, sport, dport, data, now)
+
+    def port_left(self, port: Hashable, now: float) -> None:
+        """``port`` left the hub: forget its guest and close everything it held."""
+        self.core.now = now
+        guest = self.guests.forget(port)
+        if guest is None:
+            return
+        for fid in list(guest.flows):
+            flow = self.flows.get(fid)
+            try:
+                if isinstance(flow, TcpFlow):
+                    self.tcp.forget(flow, now)
+                elif isinstance(flow, UdpFlow):
+                    self.udp.close(flow)
+                elif isinstance(flow, UdpFwdSession):
+                    self.udp.close_session(flow)
+                elif isinstance(flow, PingFlow):
+                    self.icmp.close(flow)
+            except Exception as exc:
+                self.faults.record("port left", exc)
+
+    # -- timers ---------------------------------------------------------------------------------------------
+    def get_timer(self) -> float | None:
+        return self.flows.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        self.core.now = now
+        for flow in self.flows.pop_due(now):
+            try:
+                flow.on_timer(now)
+            except Exception as exc:
+                self.faults.record(f"timer {type(flow).__name__}", exc)
+
+    # -- results from the host side ---------------------------------------------------------------------------
+    def _guarded(self, kind: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self.faults.record(kind, exc)
+            return None
+
+    def tcp_connected(self, fid: int, now: float) -> None:
+        self.core.now = now
+        self._guarded("tcp connected", self.tcp.connected, fid, now)
+
+    def tcp_failed(self, fid: int, err: int, now: float) -> None:
+        self.core.now = now
+        self._guarded("tcp failed", self.tcp.failed, fid, err, now)
+
+    def tcp_fill(self, fid: int, reader: Callable[[memoryview], int], now: float) -> int | None:
+        """Host bytes for the guest via ``reader`` (``sock.recv_into``); errors from reader propagate."""
+        self.core.now = now
+        return self.tcp.fill(fid, reader, now)
+
+    def tcp_send(self, fid: int, data: BytesLike, now: float) -> int:
+        self.core.now = now
+        taken = self._guarded("tcp send", self.tcp.send, fid, data, now)
+        return len(data) if taken is None else int(taken)
+
+    def tcp_send_space(self, fid: int) -> int:
+        return self.tcp.send_space(fid)
+
+    def tcp_written(self, fid: int, n: int, now: float) -> None:
+        self.core.now = now
+        self._guarded("tcp written", self.tcp.written, fid, n, now)
+
+    def tcp_eof(self, fid: int, now: float) -> None:
+        self.core.now = now
+        self._guarded("tcp eof", self.tcp.eof, fid, now)
+
+    def tcp_reset(self, fid: int, now: float) -> None:
+        self.core.now = now
+        self._guarded("tcp reset", self.tcp.reset, fid, now)
+
+    def udp_received(self, fid: int, data: BytesLike, src: tuple[str, int], now: float) -> None:
+        self.core.now = now
+        self._guarded("udp received", self.udp.received, fid, data, src, now)
+
+    def udp_error(self, fid: int, dst: tuple[str, int], code: int, now: float) -> None:
+        self.core.now = now
+        self._guarded("udp error", self.udp.error, fid, dst, code, now)
+
+    def hostfwd_tcp(self, index: int, client: tuple[str, int], now: float) -> int | None:
+        self.core.now = now
+        rule = self.core.cfg.hostfwd[index]
+        fid = self._guarded("hostfwd tcp", self.tcp.hostfwd, index, rule, client, now)
+        return fid if isinstance(fid, int) else None
+
+    def hostfwd_udp(self, index: int, client: tuple[str, int], data: BytesLike, now: float) -> None:
+        self.core.now = now
+        rule = self.core.cfg.hostfwd[index]
+        self._guarded("hostfwd udp", self.udp.hostfwd, index, rule, client, data, now)
+
+    def dns_answer(self, payload: bytes, upstream: tuple[str, int], tcp: bool, now: float) -> None:
+        self.core.now = now
+        if self.dns is not None:
+            self._guarded("dns answer", self.dns.answer, payload, upstream, tcp, now)
+
+    def ping_reply(self, fid: int, seq: int, data: BytesLike, now: float) -> None:
+        self.core.now = now
+        self._guarded("ping reply", self.icmp.reply, fid, seq, data, now)
+
+    # -- monitor --------------------------------------------------------------------------------------------
+    def leases(self) -> list[Lease]:
+        return self.dhcp.leases() if self.dhcp is not None else []
+
+    @property
+    def cfg(self) -> StackConfig:
+        return self.core.cfg
+
+
+def _frame_kind(frame: BytesLike) -> str:
+    """A fault's kind from the frame that caused it: "ipv4/6", "arp", ..."""
+    try:
+        ethertype = (frame[12] << 8) | frame[13]
+        if ethertype == 0x0800 and len(frame) > 23:
+            return {6: "tcp input", 17: "udp input", 1: "icmp input"}.get(frame[23], "ipv4 input")
+        return "arp input" if ethertype == 0x0806 else "frame input"
+    except IndexError:
+        return "frame input"

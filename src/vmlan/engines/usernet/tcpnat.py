@@ -1,0 +1,512 @@
+"""TCP for the user stack: each guest connection terminated by an engine (engines/tcp), relayed to a host
+socket (NAT, guestfwd, hostfwd) or to one of the stack's own services (DNS over TCP).
+
+A connection toward the host is answered only once the host ``connect()`` succeeded (libslirp does the
+same): ECONNREFUSED becomes a RST, an unreachable network or host an ICMP unreachable quoting the SYN,
+so the guest's ``connect()`` fails at once with the host's reason. A guest RST aborts the host socket
+(SO_LINGER 0: the host peer sees ECONNRESET, not an orderly end), and a host reset becomes a RST to the
+guest. Initial sequence numbers are keyed (RFC 6528), hostfwd source ports unpredictable.
+
+Caps per guest (connections, connections still waiting for the host, guestfwd commands) and for the
+stack (flows, pending connects) keep a flood from one guest from taking the host's file descriptors;
+a memory budget over every connection's buffers shrinks windows under pressure (like Linux's
+tcp_mem) instead of letting 256 connections x 2 MiB per guest grow unbounded.
+
+Hot path (a guest data segment of an established connection): one dict lookup by 4-tuple, the
+engine's header-predicted input, the in-order bytes handed to the I/O layer as one action, the ACKs
+built as one ``join`` of Ethernet+IPv4 prefix, TCP header and payload view (one copy toward the guest).
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import TYPE_CHECKING
+
+from vmlan.engines.tcp import (
+    Closed,
+    EndOfStream,
+    Reset,
+    TcpConnection,
+)
+from vmlan.engines.tcp.isn import IsnGenerator
+from vmlan.engines.usernet import actions as A
+from vmlan.engines.usernet.config import GuestForward, HostForward
+from vmlan.engines.usernet.flows import INF, Flow
+from vmlan.engines.usernet.icmp import Icmp
+from vmlan.engines.usernet.l3 import DF, IPV4
+from vmlan.engines.usernet.services import DnsService, DnsTcpState
+from vmlan.wire import BytesLike, WireError
+from vmlan.wire.checksum import internet_checksum
+from vmlan.wire.icmp import ICMP_HOST_UNREACH, ICMP_NET_UNREACH
+from vmlan.wire.vnet import GSO_TCPV4, Offload
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vmlan.engines.usernet.core import Core
+    from vmlan.engines.usernet.guests import Guest
+
+__all__ = ["TcpFlow", "TcpNat"]
+
+_HDR = struct.Struct("!HHIIBBHHH")
+_READ_CHUNK = 256 * 1024
+_ICMP_CODE = {
+    errno.ENETUNREACH: ICMP_NET_UNREACH,
+    errno.EHOSTUNREACH: ICMP_HOST_UNREACH,
+    errno.ETIMEDOUT: ICMP_HOST_UNREACH,
+    errno.EHOSTDOWN: ICMP_HOST_UNREACH,
+    errno.EACCES: 13,  # communication administratively prohibited (RFC 1812)
+    errno.EPERM: 13,
+}
+MEMORY_CHECK = 0.25  # seconds between looks at the TCP memory budget
+MIN_BUFFER = 64 * 1024  # no connection's buffers shrink below this under pressure
+
+# kinds of far side
+NAT, GUESTFWD, HOSTFWD, SERVICE = 0, 1, 2, 3
+
+
+class TcpFlow(Flow):
+    """One guest TCP connection: the engine, where its frames go, and what is on the far side."""
+
+    __slots__ = (
+        "conn",
+        "connecting",
+        "dns",
+        "emit",
+        "far",
+        "guest_ip",
+        "ip_base",
+        "key",
+        "kind",
+        "mac",
+        "nat",
+        "read_paused",
+        "rule",
+        "smac",
+        "syn_quote",
+        "target",
+    )
+
+    def __init__(self, nat: TcpNat, guest: Guest | None, conn: TcpConnection, key: tuple[bytes, int, bytes, int],
+                 kind: int, target: object, mac: bytes | None) -> None:
+        super().__init__(guest)
+        self.nat = nat
+        self.conn = conn
+        self.key = key
+        self.guest_ip = key[0]
+        self.far = key[2]
+        self.kind = kind
+        self.target = target
+        self.mac = mac  # the guest's MAC (None: not resolved yet, hostfwd to a silent guest)
+        self.smac = nat.core.source_mac(self.far)
+        self.ip_base = IPV4.header_sum(self.far, self.guest_ip, 6, DF)
+        self.connecting = False
+        self.read_paused = False
+        self.rule = -1
+        self.syn_quote = b""
+        self.dns: DnsTcpState | None = None
+        self.emit = self._emit
+
+    def on_timer(self, now: float) -> None:
+        conn = self.conn
+        conn.handle_timer(now)
+        self.nat.after(self, now)
+
+    def _emit(self, header: bytes, payload: BytesLike) -> None:
+        mac = self.mac
+        core = self.nat.core
+        if mac is None:
+            owner = core.guests.ip_owner.get(self.guest_ip)
+            if owner is None:
+                core.counters.unresolved += 1
+                core.arp_request(self.guest_ip)
+                return
+            self.mac = mac = owner[1]
+        n = len(header) + len(payload)
+        ident = core.ident = (core.ident + 1) & 0xFFFF
+        prefix = IPV4.frame_prefix(mac, self.smac, self.far, self.guest_ip, 6, n, ident, self.ip_base, DF)
+        offload = None
+        if len(payload) > self.conn.send_mss:
+            offload = Offload(0, GSO_TCPV4, 34 + len(header), self.conn.send_mss, 34, 16)
+        core.frames.append((b"".join((prefix, header, payload)), offload))
+
+
+class TcpNat:
+    __slots__ = (
+        "by_key",
+        "core",
+        "dns",
+        "fwd_count",
+        "guestfwd",
+        "icmp",
+        "isn",
+        "mem_timer",
+        "pressure",
+    )
+
+    def __init__(self, core: Core, icmp: Icmp, dns: DnsService | None) -> None:
+        self.core = core
+        self.icmp = icmp
+        self.dns = dns
+        self.by_key: dict[tuple[bytes, int, bytes, int], TcpFlow] = {}
+        self.guestfwd: dict[tuple[bytes, int], GuestForward] = {(g.addr, g.port): g for g in core.cfg.guestfwd}
+        self.isn = IsnGenerator(core.secret)
+        self.fwd_count: dict[int, int] = {}
+        self.pressure = False
+        self.mem_timer = core.timer(self._check_memory)
+        if dns is not None:
+            dns.tcp_reply = self._service_reply
+
+    # -- guest segments -------------------------------------------------------------------------------------
+    def segment(self, guest: Guest, mac: bytes, src: bytes, dst: bytes, sport: int, dport: int, seg: memoryview,
+                verified: bool, now: float) -> None:
+        key = (src, sport, dst, dport)
+        flow = self.by_key.get(key)
+        if flow is not None:
+            if flow.guest is not guest:
+                if flow.guest is not None:
+                    self.core.counters.bad_source += 1  # another port's connection: never
+                    return
+                self._adopt(flow, guest)
+            flow.conn.receive_segment(seg, now, verified)
+            self.after(flow, now)
+            if seg[13] & 0x17 == 0x02 and self.by_key.get(key) is not flow:
+                self._new(guest, mac, key, seg, verified, now)  # a new SYN ended the old one (TIME_WAIT)
+            return
+        self._new(guest, mac, key, seg, verified, now)
+
+    def _adopt(self, flow: TcpFlow, guest: Guest) -> None:
+        """A hostfwd flow opened before its guest was heard from now has an owner."""
+        flow.guest = guest
+        guest.flows.add(flow.fid)
+        guest.tcp += 1
+
+    def _new(self, guest: Guest, mac: bytes, key: tuple[bytes, int, bytes, int], seg: memoryview, verified: bool,
+             now: float) -> None:
+        core = self.core
+        flags = seg[13]
+        if flags & 0x04:
+            return  # RST for nothing we know
+        src, sport, dst, dport = key
+        if flags & 0x12 != 0x02:
+            self._reset_for(src, dst, seg)  # not a bare SYN (RFC 9293 3.10.7.1)
+            return
+        if sport == 0 or dport == 0 or not core.in_net(src):
+            core.counters.bad_l4 += 1
+            return
+        target: object
+        service = False
+        fwd = self.guestfwd.get((dst, dport))
+        if fwd is not None:
+            kind, target = GUESTFWD, fwd.target
+            busy = guest.cmd >= core.limits.cmd_per_guest or self._cmds() >= core.limits.max_cmd
+            if isinstance(fwd.target, str) and busy:
+                core.counters.tcp_refused_cap += 1
+                self._reset_for(src, dst, seg)
+                return
+        elif dst == core.dns_ip and dport == 53 and self.dns is not None and not core.cfg.restrict:
+            kind, target = SERVICE, None
+            service = True
+        elif core.cfg.restrict:
+            core.counters.restricted += 1
+            self._reset_for(src, dst, seg)
+            return
+        else:
+            host = core.host_target(dst)
+            if host is None or dst == core.dns_ip:
+                core.counters.no_route += 1
+                self._reset_for(src, dst, seg)
+                return
+            kind, target = NAT, (host, dport)
+        limits = core.limits
+        waiting = kind != SERVICE
+        if (
+            guest.tcp >= limits.tcp_per_guest
+            or len(core.flows) >= limits.max_flows
+            or (waiting and guest.connecting >= limits.tcp_connecting_per_guest)
+            or (waiting and self._connecting() >= limits.max_connecting)
+        ):
+            core.counters.tcp_refused_cap += 1
+            self._reset_for(src, dst, seg)
+            return
+        isn = self.isn.isn(dst, dport, src, sport, now)
+        try:
+            conn = TcpConnection.from_syn((dst, dport), (src, sport), seg, core.cfg.tcp, now, isn)
+        except WireError:
+            core.counters.bad_l4 += 1  # bad checksum or a malformed SYN: dropped, as any bad segment
+            return
+        flow = TcpFlow(self, guest, conn, key, kind, target, mac)
+        self._register(flow, guest)
+        if self.pressure:
+            conn.set_buffer_limits(MIN_BUFFER, MIN_BUFFER)
+        if guest.tso:
+            conn.set_tso(65535 - 40 - 40)
+        if service:
+            flow.dns = DnsTcpState()
+            conn.accept(now)
+            self.after(flow, now)
+            return
+        flow.connecting = True
+        guest.connecting += 1
+        flow.syn_quote = Icmp.rebuild(src, dst, 6, bytes(seg[:8]), len(seg))
+        if kind == GUESTFWD and isinstance(target, str):
+            guest.cmd += 1
+        core.actions.append((A.TCP_CONNECT, flow.fid, 4, target))
+
+    def _register(self, flow: TcpFlow, guest: Guest | None) -> None:
+        self.core.flows.add(flow)
+        if not self.by_key and self.mem_timer.deadline == INF:
+            self.core.flows.arm(self.mem_timer, self.core.now + MEMORY_CHECK)
+        self.by_key[flow.key] = flow
+        if guest is not None:
+            guest.tcp += 1
+        self.core.counters.tcp_flows += 1
+
+    def _connecting(self) -> int:
+        return sum(g.connecting for g in self.core.guests.by_port.values())
+
+    def _cmds(self) -> int:
+        return sum(g.cmd for g in self.core.guests.by_port.values())
+
+    def _reset_for(self, src: bytes, dst: bytes, seg: memoryview) -> None:
+        """RST for a segment that belongs to no connection (or that we refuse)."""
+        if len(seg) < 20:
+            return
+        sport, dport, seq, ack, off, flags, _w, _c, _u = _HDR.unpack_from(seg)
+        plen = max(0, len(seg) - (off >> 4) * 4)
+        if flags & 0x10:
+            rseq, rack, rflags = ack, 0, 0x04
+        else:
+            rseq = 0
+            rack = (seq + plen + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)) & 0xFFFFFFFF
+            rflags = 0x14
+        header = bytearray(_HDR.pack(dport, sport, rseq, rack, 5 << 4, rflags, 0, 0, 0))
+        header[16:18] = internet_checksum(header, IPV4.pseudo_sum(dst, src, 6) + 20).to_bytes(2, "big")
+        self.core.send_ip(dst, src, 6, header)
+
+    # -- after any input: data, events, segments, timer -------------------------------------------------------
+    def after(self, flow: TcpFlow, now: float) -> None:
+        conn = flow.conn
+        core = self.core
+        data = conn.take_data()
+        if data:
+            if flow.dns is not None:
+                conn.consume(len(data))
+                if self.dns is not None:
+                    self.dns.tcp_data(flow.fid, flow.dns, flow.guest, data, now)
+            else:
+                core.actions.append((A.TCP_WRITE, flow.fid, data))
+        event = conn.next_event()
+        while event is not None:
+            if isinstance(event, EndOfStream):
+                self._guest_eof(flow, now)
+            elif isinstance(event, Reset):
+                self._close(flow, abortive=True)
+            elif isinstance(event, Closed):
+                self._close(flow, abortive=False)
+            event = conn.next_event()
+        conn.transmit(now, flow.emit)
+        if not core.flows.live(flow):
+            return
+        if flow.read_paused and conn.send_space() > 0:
+            flow.read_paused = False
+            core.actions.append((A.TCP_RESUME, flow.fid))
+        deadline = conn.get_timer()
+        if deadline is None:
+            deadline = INF
+        if deadline != flow.deadline:
+            core.flows.arm(flow, deadline)
+
+    def _guest_eof(self, flow: TcpFlow, now: float) -> None:
+        state = flow.dns
+        if state is not None:
+            state.eof = True
+            if state.pending == 0:
+                flow.conn.shutdown(now)
+        else:
+            self.core.actions.append((A.TCP_SHUTDOWN, flow.fid))
+
+    def _close(self, flow: TcpFlow, abortive: bool) -> None:
+        core = self.core
+        if not core.flows.live(flow):
+            return
+        core.flows.remove(flow)
+        if self.by_key.get(flow.key) is flow:
+            del self.by_key[flow.key]
+        guest = flow.guest
+        if guest is not None:
+            guest.tcp -= 1
+            if flow.connecting:
+                guest.connecting -= 1
+            if flow.kind == GUESTFWD and isinstance(flow.target, str):
+                guest.cmd -= 1
+        flow.connecting = False
+        if flow.kind == HOSTFWD:
+            self.fwd_count[flow.rule] -= 1
+        if flow.kind != SERVICE:
+            core.actions.append((A.TCP_CLOSE, flow.fid, abortive))
+
+    def forget(self, flow: TcpFlow, now: float) -> None:
+        """The guest left: reset the host side (the guest itself is gone)."""
+        self._close(flow, abortive=True)
+
+    # -- the host side ----------------------------------------------------------------------------------------
+    def _flow(self, fid: int) -> TcpFlow | None:
+        flow = self.core.flows.get(fid)
+        return flow if isinstance(flow, TcpFlow) else None
+
+    def connected(self, fid: int, now: float) -> None:
+        flow = self._flow(fid)
+        if flow is None or not flow.connecting:
+            return
+        self._connect_done(flow)
+        if flow.kind != HOSTFWD:
+            flow.conn.accept(now)
+        self.after(flow, now)
+
+    def _connect_done(self, flow: TcpFlow) -> None:
+        flow.connecting = False
+        if flow.guest is not None:
+            flow.guest.connecting -= 1
+
+    def failed(self, fid: int, err: int, now: float) -> None:
+        """The host connect() failed with ``err``: RST when refused, ICMP unreachable otherwise."""
+        flow = self._flow(fid)
+        if flow is None:
+            return
+        if flow.connecting:
+            self._connect_done(flow)
+        code = _ICMP_CODE.get(err)
+        if code is not None and flow.syn_quote:
+            # Nothing was answered yet: forget the connection silently, tell the guest why by ICMP.
+            self.icmp.unreachable(self.core.host_ip, flow.guest_ip, code, flow.syn_quote)
+        else:
+            flow.conn.refuse(now)
+            self.after(flow, now)
+        self._close(flow, abortive=False)
+
+    def fill(self, fid: int, reader: Callable[[memoryview], int], now: float) -> int | None:
+        """Read host bytes for the guest straight into the connection's send buffer.
+
+        Returns the count (0: the host sent EOF, already handled), or None when the I/O layer must stop
+        reading until TCP_RESUME (no room, or the connection is gone). ``reader`` errors propagate.
+        """
+        flow = self._flow(fid)
+        if flow is None:
+            return None
+        conn = flow.conn
+        if conn.send_space() <= 0:
+            flow.read_paused = True
+            return None
+        n = conn.fill_from(reader, _READ_CHUNK, now)
+        if n == 0:
+            conn.shutdown(now)
+        elif conn.send_space() <= 0:
+            flow.read_paused = True
+        self.after(flow, now)
+        return n
+
+    def send_space(self, fid: int) -> int:
+        flow = self._flow(fid)
+        return flow.conn.send_space() if flow is not None else 0
+
+    def send(self, fid: int, data: BytesLike, now: float) -> int:
+        """Host bytes for the guest from a buffer (guestfwd pipes); returns how many were taken."""
+        flow = self._flow(fid)
+        if flow is None:
+            return len(data)
+        taken = flow.conn.send(data, now)
+        if taken < len(data) or flow.conn.send_space() == 0:
+            flow.read_paused = True
+        self.after(flow, now)
+        return taken
+
+    def written(self, fid: int, n: int, now: float) -> None:
+        """``n`` bytes the guest sent reached the host socket: open the guest's window again."""
+        flow = self._flow(fid)
+        if flow is not None:
+            flow.conn.consume(n)
+            self.after(flow, now)
+
+    def eof(self, fid: int, now: float) -> None:
+        flow = self._flow(fid)
+        if flow is not None:
+            flow.conn.shutdown(now)
+            self.after(flow, now)
+
+    def reset(self, fid: int, now: float) -> None:
+        """The host socket failed or was reset: RST to the guest."""
+        flow = self._flow(fid)
+        if flow is not None:
+            flow.conn.abort(now)
+            self.after(flow, now)
+            self._close(flow, abortive=False)
+
+    # -- host forwards ----------------------------------------------------------------------------------------
+    def hostfwd(self, index: int, rule: HostForward, client: tuple[str, int], now: float) -> int | None:
+        """A host client connected to a hostfwd port: dial the guest from the client's address (the
+        gateway for loopback clients). Returns the flow id, or None when refused (cap, no port)."""
+        core = self.core
+        if self.fwd_count.get(index, 0) >= core.limits.fwd_clients or len(core.flows) >= core.limits.max_flows:
+            core.counters.tcp_refused_cap += 1
+            return None
+        src = core.guest_source(client[0])
+        owner = core.guests.lookup(rule.guest_addr)
+        guest, mac = owner if owner is not None else (None, None)
+        if guest is not None and guest.tcp >= core.limits.tcp_per_guest:
+            core.counters.tcp_refused_cap += 1
+            return None
+        port = self.isn.port(lambda p: (rule.guest_addr, rule.guest_port, src, p) not in self.by_key)
+        if port is None:
+            return None
+        key = (rule.guest_addr, rule.guest_port, src, port)
+        conn = TcpConnection.connect((src, port), (rule.guest_addr, rule.guest_port), core.cfg.tcp, now,
+                                     self.isn.isn(src, port, rule.guest_addr, rule.guest_port, now))
+        flow = TcpFlow(self, guest, conn, key, HOSTFWD, None, mac)
+        flow.rule = index
+        self._register(flow, guest)
+        self.fwd_count[index] = self.fwd_count.get(index, 0) + 1
+        if self.pressure:
+            conn.set_buffer_limits(MIN_BUFFER, MIN_BUFFER)
+        if guest is not None and guest.tso:
+            conn.set_tso(65535 - 40 - 40)
+        self.after(flow, now)
+        return flow.fid
+
+    # -- the stack's own TCP services -------------------------------------------------------------------------
+    def _service_reply(self, fid: int, data: bytes, last: bool, now: float) -> None:
+        flow = self._flow(fid)
+        if flow is None or flow.dns is None:
+            return
+        state = flow.dns
+        state.pending = max(0, state.pending - 1)
+        if flow.conn.send(data, now) < len(data):
+            flow.conn.abort(now)  # a guest that never reads: a cut message would corrupt the stream
+        elif state.eof and state.pending == 0:
+            flow.conn.shutdown(now)
+        self.after(flow, now)
+
+    # -- memory budget ----------------------------------------------------------------------------------------
+    def _check_memory(self, now: float) -> None:
+        """Like Linux's tcp_mem: above the budget, every connection's buffers shrink toward an equal share
+        (never below MIN_BUFFER); below half of it, they get their configured size back."""
+        core = self.core
+        flows = list(self.by_key.values())
+        if flows:
+            used = sum(f.conn.buffered for f in flows)
+            budget = core.limits.mem_budget
+            if used > budget:
+                share = max(MIN_BUFFER, budget // len(flows))
+                if not self.pressure:
+                    core.counters.memory_pressure += 1
+                self.pressure = True
+                for f in flows:
+                    f.conn.set_buffer_limits(share, share)
+            elif self.pressure and used < budget // 2:
+                self.pressure = False
+                p = core.cfg.tcp
+                for f in flows:
+                    f.conn.set_buffer_limits(p.rcv_buffer, p.snd_buffer)
+        if flows:
+            core.flows.arm(self.mem_timer, now + MEMORY_CHECK)
