@@ -100,21 +100,41 @@ class NetemCounters:
 
 
 class Netem(Generic[T]):
-    """One direction's queue: ``offer`` decides each frame's fate, ``due`` hands back those whose time came."""
+    """One direction's queue: ``offer`` decides each frame's fate, ``due`` hands back those whose time came.
 
-    __slots__ = ("_bytes", "_heap", "_last", "_rng", "_seq", "counters", "params")
+    Copies that leave at once (reordered ones, and every copy when nothing delays) wait in a plain list
+    at the head of the queue, like netem's requeued skbs, ahead of the deadline-ordered rest.
+    """
+
+    __slots__ = (
+        "_bytes",
+        "_heap",
+        "_holds",
+        "_last",
+        "_ready",
+        "_ready_bytes",
+        "_ready_since",
+        "_rng",
+        "_seq",
+        "counters",
+        "params",
+    )
 
     def __init__(self, params: NetemParams, rng: random.Random) -> None:
         self.params = params
         self.counters = NetemCounters()
         self._rng = rng
+        self._holds = params.holds
         self._heap: list[tuple[float, int, int, T]] = []  # (deadline, arrival order, size, item)
         self._seq = itertools.count()
-        self._bytes = 0
+        self._ready: list[T] = []  # due at once, in arrival order
+        self._ready_since = 0.0  # when the oldest of them was offered
+        self._ready_bytes = 0
+        self._bytes = 0  # everything queued, both lists
         self._last = -math.inf  # latest deadline given under rate= (when the link is busy until)
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._heap) + len(self._ready)
 
     @property
     def queued_bytes(self) -> int:
@@ -124,38 +144,51 @@ class Netem(Generic[T]):
         """Take one frame at time ``now``: lose it, duplicate it, queue it for later or for at once."""
         p = self.params
         c = self.counters
-        rand = self._rng.random
         c.offered += 1
         copies = 1
-        if p.duplicate and rand() < p.duplicate:
+        if p.duplicate and self._rng.random() < p.duplicate:
             copies = 2
             c.duplicated += 1
-        for _ in range(copies):
-            if p.loss and rand() < p.loss:
+        while copies:
+            copies -= 1
+            if p.loss and self._rng.random() < p.loss:
                 c.lost += 1
                 continue
-            if len(self._heap) >= p.limit or self._bytes + size > p.max_bytes:
+            if len(self._heap) + len(self._ready) >= p.limit or self._bytes + size > p.max_bytes:
                 c.overlimit += 1
                 continue
-            if p.reorder and rand() < p.reorder:
-                c.reordered += 1
-                deadline = now
-            else:
-                delay = p.delay
-                if p.jitter:
-                    delay = max(0.0, delay + self._rng.uniform(-p.jitter, p.jitter))
-                deadline = now + delay
-                if p.rate:
-                    # netem: the last frame queued is the reference; the link is idle if it has left.
-                    deadline = max(deadline, self._last) + size * 8 / p.rate
-                    self._last = deadline
             self._bytes += size
+            if not self._holds or (p.reorder and self._rng.random() < p.reorder):
+                if p.reorder:
+                    c.reordered += 1
+                if not self._ready:
+                    self._ready_since = now
+                self._ready.append(item)
+                self._ready_bytes += size
+                continue
+            delay = p.delay
+            if p.jitter:
+                delay = max(0.0, delay + self._rng.uniform(-p.jitter, p.jitter))
+            deadline = now + delay
+            if p.rate:
+                # netem: the last frame queued is the reference; the link is idle if it has left.
+                deadline = max(deadline, self._last) + size * 8 / p.rate
+                self._last = deadline
             heapq.heappush(self._heap, (deadline, next(self._seq), size, item))
 
     def due(self, now: float) -> list[T]:
-        """The items whose deadline is ``now`` or earlier, in deadline order (ties: arrival order)."""
+        """What is due at ``now``: the copies sent at once, then those whose deadline came, in deadline
+        order (ties: arrival order)."""
         heap = self._heap
-        out: list[T] = []
+        out = self._ready
+        if out:
+            self._ready = []
+            self._bytes -= self._ready_bytes
+            self._ready_bytes = 0
+        elif not heap or heap[0][0] > now:
+            return []
+        else:
+            out = []  # not the (empty) ready list itself
         while heap and heap[0][0] <= now:
             _, _, size, item = heapq.heappop(heap)
             self._bytes -= size
@@ -165,12 +198,15 @@ class Netem(Generic[T]):
 
     def get_timer(self) -> float | None:
         """The earliest deadline queued, or None when nothing is queued."""
+        if self._ready:
+            return self._ready_since
         return self._heap[0][0] if self._heap else None
 
     def clear(self) -> int:
         """Drop everything queued (counted as ``flushed``); returns how many copies that was."""
-        n = len(self._heap)
+        n = len(self)
         self._heap.clear()
-        self._bytes = 0
+        self._ready = []
+        self._ready_bytes = self._bytes = 0
         self.counters.flushed += n
         return n

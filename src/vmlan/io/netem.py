@@ -128,13 +128,16 @@ class NetemFilter:
     def _on_rx(self, port: Port, frame: BytesLike, offload: Offload | None) -> None:
         engine = self.rx
         assert engine is not None
-        now = self.loop.time()
+        now = self.loop.time() if self._hold else 0.0  # without a hold, time does not matter
         pieces = _wire_frames(frame, offload) if offload is not None else None
         if pieces is None:
             engine.offer((bytes(frame) if self._hold or self._rx_busy else frame, offload), now, len(frame))
         else:
             for piece in pieces:
                 engine.offer((piece, None), now, len(piece))
+        if not self._hold:
+            self._flush_rx(now)  # nothing waits: no timer (a re-entrant call's frame is the outer loop's)
+            return
         deadline = engine.get_timer()
         if deadline is None:
             return
@@ -147,13 +150,16 @@ class NetemFilter:
     def _on_tx(self, port: Port, frame: BytesLike, src: Port, offload: Offload | None) -> None:
         engine = self.tx
         assert engine is not None
-        now = self.loop.time()
+        now = self.loop.time() if self._hold else 0.0  # without a hold, time does not matter
         pieces = _wire_frames(frame, offload) if offload is not None else None
         if pieces is None:
             engine.offer((bytes(frame) if self._hold or self._tx_busy else frame, src, offload), now, len(frame))
         else:
             for piece in pieces:
                 engine.offer((piece, src, None), now, len(piece))
+        if not self._hold:
+            self._flush_tx(now)  # nothing waits: no timer (a re-entrant call's frame is the outer loop's)
+            return
         deadline = engine.get_timer()
         if deadline is None:
             return
@@ -179,7 +185,8 @@ class NetemFilter:
                     lan = port.lan
                     if lan is not None:  # the port left the LAN: its frames have nowhere to go
                         lan.forward(port, frame, offload)
-                now = max(now, self.loop.time())  # frames a re-entrant call queued meanwhile
+                if self._hold:
+                    now = max(now, self.loop.time())  # frames a re-entrant call queued meanwhile
         finally:
             self._rx_busy = False
         return done
@@ -195,7 +202,8 @@ class NetemFilter:
                 done += len(items)
                 for frame, src, offload in items:
                     port.deliver(frame, src, offload, True)  # even if src has left: the frame exists
-                now = max(now, self.loop.time())
+                if self._hold:
+                    now = max(now, self.loop.time())
         finally:
             self._tx_busy = False
         return done
