@@ -27,10 +27,9 @@ import time
 from typing import Any
 
 from vmlan.config.qemuopts import parse_qemuopts
-from vmlan.config.usernet import parse_user_netdev
+from vmlan.config.usernet import parse_user_netdev, stack_config
 from vmlan.engines.usernet import UserStack
 from vmlan.engines.usernet import actions as A
-from vmlan.io.usernet import stack_config
 from vmlan.wire.checksum import internet_checksum, pseudo_header_sum_v4
 
 GUEST_MAC = bytes.fromhex("525400123456")

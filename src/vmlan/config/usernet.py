@@ -50,15 +50,22 @@ Differences from QEMU, each refused with one line rather than ignored
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from vmlan.config.errors import ConfigError
 from vmlan.config.qemuopts import check_id, parse_bool, parse_uint
-from vmlan.engines.usernet.config import Limits
+from vmlan.engines.dhcp import DhcpConfig
+from vmlan.engines.dns import HOST_NAME, DnsConfig, read_resolv_conf
+from vmlan.engines.tcp import TcpParams
+from vmlan.engines.usernet.config import GuestForward, HostForward, Limits, StackConfig
 
-__all__ = ["GuestFwd", "HostFwd", "StaticLease", "UserNetdev", "inet_aton", "parse_user_netdev"]
+__all__ = ["GuestFwd", "HostFwd", "StaticLease", "UserNetdev", "inet_aton", "parse_user_netdev", "stack_config"]
+
+log = logging.getLogger("vmlan")
 
 NB_BOOTP_CLIENTS = 16  # libslirp's DHCP pool size
 MTU_MIN, MTU_MAX, MTU_DEFAULT = 576, 65520, 1500
@@ -587,4 +594,57 @@ def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
         leases_file=leases_file,
         host_loopback=host_loopback,
         limits=Limits(**limit_values),
+    )
+
+
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfig:
+    """Turn ``-netdev user`` options into the engines' configurations (reading the host's resolvers)."""
+    host, dns = str(user.host), str(user.dns)
+    dhcp = DhcpConfig(
+        server_ip=host,
+        netmask=str(user.net.netmask),
+        router=None if user.restrict else host,
+        dns=() if user.restrict else (dns,),
+        pool_start=str(user.dhcp_start),
+        pool_size=user.pool,
+        hostname=user.hostname,
+        domainname=user.domainname,
+        dnssearch=tuple(user.dnssearch),
+        mtu=user.mtu,
+        static_leases={lease.mac: str(lease.addr) for lease in user.static_leases},
+    )
+    upstreams = list(user.dns_servers)
+    if not upstreams:
+        try:
+            with open(resolv_conf) as fh:
+                upstreams = [(server, 53) for server in read_resolv_conf(fh.read())]
+        except OSError:
+            upstreams = []
+        if not upstreams:
+            log.warning("-netdev user,id=%s: no nameserver in %s: guests' DNS queries will fail", user.id,
+                        resolv_conf)
+    static: dict[str, list[str]] = {}
+    for name, addr in user.dns_static:
+        static.setdefault(name, []).append(str(addr))
+    dns_cfg = DnsConfig(upstreams=tuple(upstreams), static=static, host_names={HOST_NAME: host})
+    hostfwd = tuple(
+        HostForward(f.proto, f.host_addr, f.host_port, user.hostfwd_guest(f).packed, f.guest_port) for f in user.hostfwd
+    )
+    guestfwd = tuple(GuestForward(socket.inet_aton(g.server), g.port, g.target) for g in user.guestfwd)
+    return StackConfig(
+        net=user.net,
+        host=user.host,
+        dns=user.dns,
+        restrict=user.restrict,
+        host_loopback=user.host_loopback,
+        mtu=user.mtu,
+        dhcp=dhcp,
+        dns_config=dns_cfg,
+        hostfwd=hostfwd,
+        guestfwd=guestfwd,
+        limits=user.limits,
+        tcp=TcpParams(mss=user.mtu - 40),
     )

@@ -28,11 +28,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from vmlan.config.usernet import UserNetdev
-from vmlan.engines.dhcp import DhcpConfig, Lease
-from vmlan.engines.dns import HOST_NAME, DnsConfig, read_resolv_conf
-from vmlan.engines.tcp import TcpParams
-from vmlan.engines.usernet import GuestForward, HostForward, StackConfig, UserStack
+from vmlan.config.usernet import UserNetdev, stack_config
+from vmlan.engines.dhcp import Lease
+from vmlan.engines.usernet import HostForward, StackConfig, UserStack
 from vmlan.engines.usernet import actions as A
 from vmlan.io.dns import DnsUpstreams
 from vmlan.io.errors import LinkError
@@ -51,62 +49,11 @@ LINGER_TIMEOUT = 30.0  # how long a closed connection may take to write the gues
 LEASES_SAVE_DELAY = 1.0
 DRAIN_LIMIT = 64  # datagrams read from one socket per wakeup
 ACCEPT_LIMIT = 16  # hostfwd connections accepted per wakeup
-RESOLV_CONF = "/etc/resolv.conf"
 IP_RECVERR = 11  # <linux/in.h>; the socket module does not export it
 SO_EE_ORIGIN_ICMP = 2
 _EE = struct.Struct("=IBBBBII")
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 _RAW = "raw"
-
-
-def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfig:
-    """Turn ``-netdev user`` options into the engines' configurations (reading the host's resolvers)."""
-    host, dns = str(user.host), str(user.dns)
-    dhcp = DhcpConfig(
-        server_ip=host,
-        netmask=str(user.net.netmask),
-        router=None if user.restrict else host,
-        dns=() if user.restrict else (dns,),
-        pool_start=str(user.dhcp_start),
-        pool_size=user.pool,
-        hostname=user.hostname,
-        domainname=user.domainname,
-        dnssearch=tuple(user.dnssearch),
-        mtu=user.mtu,
-        static_leases={lease.mac: str(lease.addr) for lease in user.static_leases},
-    )
-    upstreams = list(user.dns_servers)
-    if not upstreams:
-        try:
-            with open(resolv_conf) as fh:
-                upstreams = [(server, 53) for server in read_resolv_conf(fh.read())]
-        except OSError:
-            upstreams = []
-        if not upstreams:
-            log.warning("-netdev user,id=%s: no nameserver in %s: guests' DNS queries will fail", user.id,
-                        resolv_conf)
-    static: dict[str, list[str]] = {}
-    for name, addr in user.dns_static:
-        static.setdefault(name, []).append(str(addr))
-    dns_cfg = DnsConfig(upstreams=tuple(upstreams), static=static, host_names={HOST_NAME: host})
-    hostfwd = tuple(
-        HostForward(f.proto, f.host_addr, f.host_port, user.hostfwd_guest(f).packed, f.guest_port) for f in user.hostfwd
-    )
-    guestfwd = tuple(GuestForward(socket.inet_aton(g.server), g.port, g.target) for g in user.guestfwd)
-    return StackConfig(
-        net=user.net,
-        host=user.host,
-        dns=user.dns,
-        restrict=user.restrict,
-        host_loopback=user.host_loopback,
-        mtu=user.mtu,
-        dhcp=dhcp,
-        dns_config=dns_cfg,
-        hostfwd=hostfwd,
-        guestfwd=guestfwd,
-        limits=user.limits,
-        tcp=TcpParams(mss=user.mtu - 40),
-    )
 
 
 class _HostTcp:
