@@ -342,12 +342,15 @@ def test_ufo_fragments_reassemble_to_the_checksummed_datagram(length: int, size:
     assert datagram[UDP].len == 8 + length
 
 
-def test_ufo_datagram_that_fits_is_not_fragmented_and_keeps_df() -> None:
-    frame = udp_frame(pattern(1000))
-    [whole] = software_offload(frame, ufo(1480))
+@pytest.mark.parametrize(("length", "size"), [(1000, 1480), (1469, 1477), (0, 8)])
+def test_ufo_datagram_that_fits_is_not_fragmented_and_keeps_df(length: int, size: int) -> None:
+    # gso_size counts the UDP header (8 + 1469 = 1477): Linux leaves a datagram of at most gso_size whole,
+    # even where gso_size rounded down to the fragment unit would not hold it.
+    frame = udp_frame(pattern(length))
+    [whole] = software_offload(frame, ufo(size))
     pkt = oracle(whole)
     assert pkt[IP].flags == "DF" and pkt[IP].frag == 0
-    assert l4_payload(pkt) == pattern(1000)
+    assert l4_payload(pkt) == pattern(length)
 
 
 # -- checksum completion only ---------------------------------------------------------------------------------
