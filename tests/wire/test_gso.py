@@ -76,7 +76,7 @@ def udp_frame(payload: bytes, *, v6: bool = False, vlan: int | None = None, ip_i
         l3: Packet = IPv6(src=SRC6, dst=DST6)
     else:
         l3 = IP(src=SRC4, dst=DST4, id=ip_id, flags="DF", chksum=0xBEEF)
-    return bytes(_l2(vlan) / l3 / UDP(sport=5000, dport=53, chksum=0x4321) / Raw(payload))
+    return bytes(_l2(vlan) / l3 / UDP(sport=40001, dport=40002, chksum=0x4321) / Raw(payload))
 
 
 def tso(size: int, v6: bool = False, ecn: bool = False) -> Offload:
@@ -112,7 +112,9 @@ def oracle(frame: bytes) -> Packet:
 
 
 def l4_payload(pkt: Packet) -> bytes:
-    return bytes(pkt[Raw].load) if Raw in pkt else b""
+    """What follows the TCP or UDP header (whatever layer scapy's port bindings decoded it as)."""
+    layer = pkt[TCP] if TCP in pkt else pkt[UDP]
+    return bytes(layer.payload)
 
 
 def check_tso(frame: bytes, size: int, segments: list[bytes]) -> None:
