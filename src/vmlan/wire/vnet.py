@@ -36,6 +36,7 @@ __all__ = [
     "GSO_TCPV6",
     "GSO_UDP",
     "GSO_UDP_L4",
+    "PLAIN_HEADER",
     "VNET_HLEN",
     "Offload",
 ]
@@ -52,6 +53,7 @@ GSO_ECN: Final = 0x80
 VNET_HLEN: Final = 10
 _VNET = struct.Struct("<BBHHHH")
 _KNOWN_GSO = frozenset((GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4))
+_KNOWN_FLAGS = FLAG_NEEDS_CSUM | FLAG_DATA_VALID
 
 
 class Offload:
@@ -100,26 +102,46 @@ class Offload:
 
     @classmethod
     def parse(cls, buf: BytesLike, offset: int = 0) -> Offload:
-        """Decode a header; an unknown GSO type or a checksum offset outside a sane range raises."""
-        if len(buf) - offset < VNET_HLEN:
-            raise IntegrityError("vnet", f"header needs {VNET_HLEN} bytes, got {len(buf) - offset}")
+        """Decode the header at ``offset``; what no sender may say raises :class:`SanityError`.
+
+        Refused: flags other than NEEDS_CSUM and DATA_VALID (RSC_INFO and the tunnel flags travel only
+        toward a guest that negotiated them, which vmlan never does), an unknown GSO type, the ECN bit
+        on anything but TCP (Linux's ``virtio_net_hdr_to_skb`` refuses it on USO too), and a GSO frame
+        with a gso_size of 0.
+        Offsets are not checked against the frame here (the header does not know its frame);
+        :func:`vmlan.wire.gso.software_offload` checks what it uses.
+        """
+        if offset < 0 or len(buf) - offset < VNET_HLEN:
+            raise IntegrityError("vnet", f"header needs {VNET_HLEN} bytes, got {max(len(buf) - offset, 0)}")
         flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(buf, offset)
-        if gso_type & ~GSO_ECN not in _KNOWN_GSO:
+        if flags & ~_KNOWN_FLAGS:
+            raise SanityError("vnet", f"unknown flags {flags:#04x}")
+        gso = gso_type & ~GSO_ECN
+        if gso not in _KNOWN_GSO:
             raise SanityError("vnet", f"unknown gso_type {gso_type:#04x}")
-        if gso_type != GSO_NONE and gso_size == 0:
+        if gso_type & GSO_ECN and gso not in (GSO_TCPV4, GSO_TCPV6):
+            raise SanityError("vnet", f"ECN bit on gso_type {gso}")
+        if gso != GSO_NONE and gso_size == 0:
             raise SanityError("vnet", "GSO frame with gso_size 0")
         return cls(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
 
+    def _fields(self) -> tuple[int, int, int, int, int, int]:
+        return (self.flags, self.gso_type, self.hdr_len, self.gso_size, self.csum_start, self.csum_offset)
+
     def to_bytes(self) -> bytes:
-        return _VNET.pack(self.flags, self.gso_type, self.hdr_len, self.gso_size, self.csum_start, self.csum_offset)
+        """The 10-byte header; a field that does not fit its width raises :class:`SanityError`."""
+        try:
+            return _VNET.pack(*self._fields())
+        except struct.error:
+            raise SanityError("vnet", f"a field of {self!r} does not fit the header") from None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Offload):
             return NotImplemented
-        return self.to_bytes() == other.to_bytes()
+        return self._fields() == other._fields()
 
     def __hash__(self) -> int:
-        return hash(self.to_bytes())
+        return hash(self._fields())
 
     def __repr__(self) -> str:
         return (
