@@ -578,8 +578,12 @@ nameserver not-an-address
 nameserver 192.168.1.1
 options edns0 trust-ad
 nameserver
+nameserver 2001:DB8:0::0053
+nameserver ::1
+nameserver 10.0.0.1%eth0
+nameserver fe80::2%
 """
-    assert read_resolv_conf(text) == ["127.0.0.53", "192.168.1.1", "fe80::1%eth0", "2001:db8::53"]
+    assert read_resolv_conf(text) == ["127.0.0.53", "192.168.1.1", "fe80::1%eth0", "2001:db8::53", "::1"]
     assert read_resolv_conf("") == []
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -435,6 +438,70 @@ def test_on_answer_raising_is_counted_and_the_loop_goes_on() -> None:
         server.close()
 
     run(scenario)
+
+
+# Run in a network namespace of its own: a veth pair, d0 with the link-local fe80::53 (no DAD),
+# a UDP and a TCP server on it that answer each query with the query itself, QR set, and DnsUpstreams
+# sending to "fe80::53%d0" over both.  Prints what came back.
+_ZONE_SCRIPT = r"""
+import asyncio, json, socket, subprocess
+from vmlan.io.dns import DnsUpstreams
+for cmd in ("ip link set lo up", "ip link add d0 type veth peer name d1", "ip link set d0 up",
+            "ip link set d1 up", "ip -6 addr add fe80::53/64 dev d0 nodad"):
+    subprocess.run(cmd.split(), check=True)
+scope = socket.if_nametoindex("d0")
+
+async def main():
+    loop = asyncio.get_running_loop()
+    udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp.bind(("fe80::53", 0, 0, scope))
+    port = udp.getsockname()[1]
+    tcp = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    tcp.bind(("fe80::53", port, 0, scope))
+    tcp.listen(4)
+    def on_udp():
+        data, src = udp.recvfrom(512)
+        udp.sendto(data[:2] + bytes([data[2] | 0x80]) + data[3:], src)
+    def on_conn(conn):
+        data = conn.recv(512)  # the whole framed query: one small segment
+        loop.remove_reader(conn.fileno())
+        conn.sendall(data[:4] + bytes([data[4] | 0x80]) + data[5:])
+        conn.close()
+    def on_accept():
+        conn, _ = tcp.accept()
+        conn.setblocking(False)
+        loop.add_reader(conn.fileno(), on_conn, conn)
+    loop.add_reader(udp.fileno(), on_udp)
+    loop.add_reader(tcp.fileno(), on_accept)
+    got = []
+    up = DnsUpstreams(loop, lambda payload, upstream, over_tcp: got.append([payload.hex(), list(upstream), over_tcp]))
+    query = bytes.fromhex("abcd01000001000000000000076578616d706c6503636f6d0000010001")
+    up.send(("fe80::53%d0", port), query, False)
+    up.send(("fe80::53%d0", port), b"\x12\x34" + query[2:], True)
+    for _ in range(5000):
+        if len(got) == 2:
+            break
+        await asyncio.sleep(0.001)
+    up.close()
+    print(json.dumps({"port": port, "got": got, "errors": up.stats.socket_errors + up.stats.recv_errors}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_link_local_upstream_with_a_zone_answers_over_udp_and_tcp() -> None:
+    out = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", _ZONE_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    port = result["port"]
+    query = "abcd01000001000000000000076578616d706c6503636f6d0000010001"
+    assert sorted(result["got"], key=lambda g: g[2]) == [
+        ["abcd81" + query[6:], ["fe80::53%d0", port], False],
+        ["123481" + query[6:], ["fe80::53%d0", port], True],
+    ]
+    assert result["errors"] == 0
 
 
 def test_upstream_literals_and_zones() -> None:

@@ -16,7 +16,8 @@ A static name answers A queries with its addresses (TTL :attr:`DnsConfig.ttl`) a
 with NODATA (NOERROR, no answers), so a guest asking AAAA first does not conclude the name is missing.
 Everything else is forwarded with the query ID replaced by one of the engine's own (unpredictable,
 never two pending alike) and the answer comes back with the guest's ID restored and nothing else
-changed: NXDOMAIN, SERVFAIL, truncation and EDNS all pass through.
+changed: NXDOMAIN, SERVFAIL, truncation and EDNS all pass through (unless the answer is too long for
+the guest: see Transports below).
 
 Retries follow resolv.conf semantics: each try waits ``timeout`` seconds; ``attempts`` rounds over
 the upstream list, starting with the first; a late answer from any server already tried (over the
@@ -591,19 +592,23 @@ def read_resolv_conf(text: str) -> list[str]:
     """The ``nameserver`` addresses of a resolv.conf, in order, duplicates and junk left out.
 
     Loopback resolvers stay as they are: the systemd-resolved stub (127.0.0.53) and a local dnsmasq
-    are reachable from the host, which is where the forwarder's sockets live.  IPv6 link-local
-    addresses keep their ``%zone``.
+    are reachable from the host, which is where the forwarder's sockets live.  IPv6 addresses come
+    in their compressed form (so duplicates spelt differently go), link-local ones with their
+    ``%zone``; :class:`vmlan.io.dns.DnsUpstreams` sends to either family.
     """
     out: list[str] = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) < 2 or fields[0] != "nameserver":
             continue
-        addr = fields[1]
+        host, sep, zone = fields[1].partition("%")
         try:
-            ipaddress.ip_address(addr.split("%", 1)[0])
+            ip = ipaddress.ip_address(host)
         except ValueError:
             continue
+        if sep and (ip.version == 4 or not zone):  # a zone only qualifies an IPv6 address
+            continue
+        addr = f"{ip}%{zone}" if sep else str(ip)
         if addr not in out:
             out.append(addr)
     return out

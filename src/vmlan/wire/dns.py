@@ -348,15 +348,19 @@ class _Names:
         self.cache: dict[int, _Suffix] | None = {} if cache else None
         self.steps = 0
 
-    def read(self, offset: int, end: int) -> tuple[str, bytes, int]:
-        """(text, uncompressed wire form, offset after) of the name at ``offset``, in place within ``end``."""
+    def read(self, offset: int, end: int, *, wire_form: bool = False) -> tuple[str, bytes, int]:
+        """(text, uncompressed wire form, offset after) of the name at ``offset``, in place within ``end``.
+
+        Without a cache the wire form is only built when ``wire_form`` is asked for (else ``b""``).
+        """
         buf = self.buf
         cache = self.cache
         pos = offset
         limit = min(end, self.size)
         lowest = offset  # where the part being read started
         after = -1
-        walked: list[tuple[int, bytes | None]] = []  # (offset, label, or None for a pointer), in order
+        labels: list[bytes] = []
+        walked: list[int] = []  # offsets of the labels, and (as ~offset) of the pointers, in order
         wire = 1
         hit: _Suffix | None = None
         while True:
@@ -368,6 +372,10 @@ class _Names:
                 raise IntegrityError(_PROTO, f"name at {offset} runs past the end ({limit})")
             self.steps += 1
             length = buf[pos]
+            if length == 0:
+                break
+            if len(walked) >= MAX_NAME_STEPS - 1:  # this step and the root, at least, are still to come
+                raise IntegrityError(_PROTO, f"name at {offset} takes more than {MAX_NAME_STEPS} steps")
             kind = length & 0xC0
             if kind == 0xC0:
                 if pos + 1 >= limit:
@@ -377,24 +385,19 @@ class _Names:
                     raise IntegrityError(_PROTO, f"compression pointer at {pos} to {target} does not point backwards")
                 if after < 0:
                     after = pos + 2
-                walked.append((pos, None))
-                if len(walked) >= MAX_NAME_STEPS:  # the root, at least, is still to come
-                    raise IntegrityError(_PROTO, f"name at {offset} takes more than {MAX_NAME_STEPS} steps")
+                walked.append(~pos)
                 limit = lowest
                 lowest = pos = target
                 continue
             if kind:
                 raise IntegrityError(_PROTO, f"label type {kind:#04x} at {pos} (only 0x00 and pointers exist)")
-            if length == 0:
-                break
             if pos + 1 + length > limit:
                 raise IntegrityError(_PROTO, f"label at {pos} of {length} octets runs past the end ({limit})")
             wire += 1 + length
             if wire > MAX_NAME_LEN:
                 raise IntegrityError(_PROTO, f"name at {offset} longer than {MAX_NAME_LEN} octets")
-            walked.append((pos, bytes(buf[pos + 1 : pos + 1 + length])))
-            if len(walked) >= MAX_NAME_STEPS:
-                raise IntegrityError(_PROTO, f"name at {offset} takes more than {MAX_NAME_STEPS} steps")
+            walked.append(pos)
+            labels.append(bytes(buf[pos + 1 : pos + 1 + length]))
             pos += 1 + length
         if hit is not None:
             text, tail, steps, first_end, next_end = hit
@@ -405,26 +408,31 @@ class _Names:
             if wire - 1 + len(tail) > MAX_NAME_LEN:
                 raise IntegrityError(_PROTO, f"name at {offset} longer than {MAX_NAME_LEN} octets")
         else:
-            if after < 0:
+            jumped = after >= 0
+            if not jumped:
                 after = pos + 1
+            if cache is None:  # one name: nothing worth keeping, join once
+                if not labels:
+                    return ".", b"\x00", after
+                text = ".".join(map(_label_to_text, labels))
+                if not wire_form:
+                    return text, b"", after
+                if not jumped:  # all in place: the wire form is the octets themselves
+                    return text, bytes(buf[offset:after]), after
+                return text, b"".join(bytes((len(label),)) + label for label in labels) + b"\x00", after
             text, tail = _ROOT
             steps, first_end, next_end = 1, pos + 1, 0
-            if cache is not None:
-                cache[pos] = (text, tail, steps, first_end, next_end)
-        if cache is None:  # one name: no suffix worth keeping, join once
-            labels = [label for _, label in walked if label is not None]
-            if not labels:
-                return text, tail, after
-            return (
-                ".".join(_label_to_text(label) for label in labels),
-                b"".join(bytes((len(label),)) + label for label in labels) + tail,
-                after,
-            )
-        for at, label in reversed(walked):
+            cache[pos] = (text, tail, steps, first_end, next_end)
+        assert cache is not None  # a hit needs one
+        i = len(labels)
+        for at in reversed(walked):
             steps += 1
-            if label is None:
-                next_end, first_end = first_end, at + 2
+            if at < 0:
+                next_end, first_end = first_end, ~at + 2
+                at = ~at
             else:
+                i -= 1
+                label = labels[i]
                 piece = _label_to_text(label)
                 text = piece if text == "." else piece + "." + text
                 tail = bytes((len(label),)) + label + tail
@@ -585,7 +593,7 @@ def _expand_rdata(names: _Names, start: int, stop: int, layout: tuple[int | str,
     pos = start
     for part in layout:
         if part == "N":
-            _, wire, pos = names.read(pos, stop)
+            _, wire, pos = names.read(pos, stop, wire_form=True)
             out += wire
         else:
             assert isinstance(part, int)
