@@ -423,17 +423,25 @@ def test_unreachable_upstreams_are_counted_never_raised() -> None:
     run(scenario)
 
 
-def test_on_answer_raising_is_counted_and_the_loop_goes_on() -> None:
+def test_on_answer_raising_is_counted_and_the_loop_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
         server = LoopDnsServer("127.0.0.1")
+        loop = asyncio.get_running_loop()
+        failures: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: failures.append(context))
 
         def broken(payload: bytes, upstream: tuple[str, int], tcp: bool) -> None:
             raise RuntimeError("engine bug")
 
-        up = DnsUpstreams(asyncio.get_running_loop(), broken)
+        up = DnsUpstreams(loop, broken)
         up.send(server.address, query("q.test", 1), False)
         await wait_for(lambda: up.stats.internal_errors == 1, what="the callback's failure")
         assert up.open_sockets() == (0, 0)
+        # A bug in the socket callbacks themselves costs that query only.
+        monkeypatch.setattr(DnsUpstreams, "_on_tcp_writable", lambda self, q: 1 / 0)
+        up.send(server.address, query("q.test", 2), True)
+        await wait_for(lambda: up.stats.internal_errors == 2, what="the socket callback's failure")
+        assert up.open_sockets() == (0, 0) and failures == []  # nothing reached the loop
         up.close()
         server.close()
 

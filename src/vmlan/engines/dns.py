@@ -222,8 +222,8 @@ class DnsStats:
     answered: int = 0  # upstream answers relayed to a guest (truncated ones too)
     servfail: int = 0  # SERVFAILs we made: timeouts, no upstreams, table full, guest over its cap
     guest_limited: int = 0  # of which: the guest had max_pending_per_guest queries waiting
-    tcp_forwarded: int = 0  # TCP legs started: guests' TCP queries and truncated answers retried
-    tcp_retries: int = 0  # of which: a truncated UDP answer retried over TCP
+    tcp_forwarded: int = 0  # tries sent over TCP: guests' TCP queries, TC retries, their timeouts' retries
+    tcp_retries: int = 0  # truncated UDP answers asked again over TCP
     truncated: int = 0  # answers too long for a UDP guest, replaced by a truncated one
     truncated_ignored: int = 0  # TC answers by UDP for a query already asked over TCP
     formerr: int = 0

@@ -74,12 +74,12 @@ class DnsUpstreamStats:
     tcp_queries: int = 0  # TCP connections started
     answers: int = 0  # messages handed to on_answer
     bad_upstream: int = 0  # upstreams that are not numeric address literals
-    socket_errors: int = 0  # socket(), connect() or send() failed: the query is not sent
+    socket_errors: int = 0  # socket(), connect() or send() failed, or no ID: the query is not sent
     recv_errors: int = 0  # ICMP errors (port unreachable ...) and resets: the socket is closed
     tcp_eof: int = 0  # an upstream closed before answering
     expired: int = 0  # closed by the lifetime: no answer in time
     evicted: int = 0  # closed to stay within max_udp/max_tcp
-    internal_errors: int = 0  # on_answer (the engine) raised
+    internal_errors: int = 0  # on_answer (the engine) or a socket callback raised
 
 
 class _Query:
@@ -148,7 +148,9 @@ class DnsUpstreams:
 
     def send(self, upstream: Upstream, payload: bytes, tcp: bool) -> None:
         """Send the query ``payload`` (its first two octets its ID) to ``upstream``, by TCP if ``tcp``."""
-        if self._closed or len(payload) < 2 or (tcp and len(payload) > 0xFFFF):
+        if self._closed:
+            return
+        if len(payload) < 2 or (tcp and len(payload) > 0xFFFF):
             self.stats.socket_errors += 1
             return
         key = (upstream, int.from_bytes(payload[:2], "big"), tcp)
@@ -200,10 +202,10 @@ class DnsUpstreams:
         self._by_id.setdefault(key[1], []).append(query)
         if tcp:
             self.stats.tcp_queries += 1
-            self._loop.add_writer(query.fd, self._on_tcp_writable, query)
+            self._loop.add_writer(query.fd, self._guarded, self._on_tcp_writable, query)
         else:
             self.stats.udp_queries += 1
-            self._loop.add_reader(query.fd, self._on_udp_readable, query)
+            self._loop.add_reader(query.fd, self._guarded, self._on_udp_readable, query)
         if self._timer is None:
             self._timer = self._loop.call_at(query.deadline, self._on_timer)
 
@@ -263,6 +265,15 @@ class DnsUpstreams:
             if not same:
                 del self._by_id[query.ident]
 
+    def _guarded(self, handler: Callable[[_Query], None], query: _Query) -> None:
+        """Run a socket callback; a bug in it costs that query (counted), never the loop."""
+        try:
+            handler(query)
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("DNS upstream socket for %r failed", query.upstream)
+            self._close(query)
+
     def _deliver(self, payload: bytes, query: _Query) -> None:
         self.stats.answers += 1
         try:
@@ -315,7 +326,7 @@ class DnsUpstreams:
         query.out = query.out[sent:]
         if not query.out:
             self._loop.remove_writer(query.fd)
-            self._loop.add_reader(query.fd, self._on_tcp_readable, query)
+            self._loop.add_reader(query.fd, self._guarded, self._on_tcp_readable, query)
 
     def _on_tcp_readable(self, query: _Query) -> None:
         sock = query.sock
