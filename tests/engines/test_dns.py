@@ -1,8 +1,11 @@
-"""The DNS forwarder engine: forwarding, retries, anti-spoofing, local names, errors, TCP framing."""
+"""The DNS forwarder engine: forwarding, retries, anti-spoofing, per-guest caps, the TCP upstream leg,
+truncation for UDP guests, local names, errors, TCP framing."""
 
 from __future__ import annotations
 
 import itertools
+import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +25,7 @@ from vmlan.engines.dns import (
 )
 from vmlan.wire import SanityError
 from vmlan.wire.dns import DnsHeader, DnsMessage, parse_questions
+from vmlan.wire.dns import _Names as Names
 
 U1 = ("192.0.2.1", 53)
 U2 = ("192.0.2.2", 5353)
@@ -177,7 +181,7 @@ def test_upstream_ids_are_never_reused_while_pending() -> None:
 
 
 def test_random_ids_stay_unique_under_load() -> None:
-    fwd = DnsForwarder(DnsConfig(upstreams=[U1], max_pending=2000))
+    fwd = DnsForwarder(DnsConfig(upstreams=[U1], max_pending=2000, max_pending_per_guest=2000))
     seen = set()
     for n in range(2000):
         send = only_send(fwd.query(query(f"n{n}.example", ident=n & 0xFFFF), GUEST, 0))
@@ -202,6 +206,180 @@ def test_full_pending_table_answers_servfail() -> None:
         only_send(fwd.query(query(f"n{n}.example"), GUEST, 0))
     reply = only_reply(fwd.query(query("n2.example", ident=9), GUEST, 0))
     assert DnsHeader.parse(reply.payload).rcode == 2 and DnsHeader.parse(reply.payload).id == 9
+
+
+def test_replies_that_end_a_forwarded_query_name_its_upstream_id() -> None:
+    fwd = forwarder(attempts=1, static={"x.lan": ["10.0.0.1"]})
+    fwd.query(query(ident=1), GUEST, 0)
+    assert only_reply(fwd.upstream_response(answer(0x1000), U1, 0)).upstream_id == 0x1000
+    fwd.query(query(ident=2), GUEST, 0)
+    fwd.handle_timer(2.0)
+    assert only_reply(fwd.handle_timer(4.0)).upstream_id == 0x1001  # the SERVFAIL too
+    assert only_reply(fwd.query(query("x.lan"), GUEST, 0)).upstream_id is None  # never went upstream
+
+
+# --------------------------------------------------------------------------- per-guest caps
+
+
+def test_one_guest_flooding_leaves_the_others_lookups_alone() -> None:
+    fwd = forwarder(max_pending_per_guest=8)
+    flood = [fwd.query(query(f"n{n}.slow.example", ident=n), ("10.0.2.15", 1000 + n), 0, guest="A") for n in range(20)]
+    assert all(isinstance(a[0], SendUpstream) for a in flood[:8])
+    for n, actions in enumerate(flood[8:], 8):  # refused at once, not queued behind the flood
+        head = DnsHeader.parse(only_reply(actions).payload)
+        assert (head.id, head.rcode) == (n, 2)
+    assert fwd.pending("A") == 8 and fwd.stats.guest_limited == 12 and fwd.stats.servfail == 12
+    other = ("10.0.2.16", 5000)
+    send = only_send(fwd.query(query("www.example.com", ident=77), other, 0.5, guest="B"))
+    reply = only_reply(fwd.upstream_response(answer(int.from_bytes(send.payload[:2], "big")), U1, 0.6))
+    assert reply.client == other and DNS(reply.payload).an[0].rdata == "192.0.2.80"
+    # As A's queries end (answered here, or timed out), A may ask again.
+    first = only_send(flood[0])
+    fwd.upstream_response(answer(int.from_bytes(first.payload[:2], "big"), name="n0.slow.example"), U1, 0.7)
+    assert fwd.pending("A") == 7
+    only_send(fwd.query(query("again.example", ident=99), GUEST, 0.8, guest="A"))
+    for t in (2.0, 4.0, 6.0, 8.0, 10.0):  # four tries of 2 s each, the last started at 0.8
+        fwd.handle_timer(t)
+    assert fwd.pending() == 0 and fwd.pending("A") == 0 and fwd._per_guest == {}
+
+
+def test_without_a_guest_key_each_client_is_its_own_guest() -> None:
+    fwd = forwarder(max_pending_per_guest=1)
+    only_send(fwd.query(query(ident=1), GUEST, 0))
+    assert DnsHeader.parse(only_reply(fwd.query(query("b.example", ident=2), GUEST, 0)).payload).rcode == 2
+    only_send(fwd.query(query("b.example", ident=2), ("10.0.2.15", 40001), 0))
+
+
+# --------------------------------------------------------------------------- TCP upstream leg
+
+
+def big_answer(ident: int, count: int = 60, name: str = "www.example.com", **kw: object) -> bytes:
+    records = [DNSRR(rrname=name, type="A", ttl=30, rdata=f"192.0.2.{n + 1}") for n in range(count)]
+    return bytes(DNS(id=ident, qr=1, rd=1, ra=1, qd=DNSQR(qname=name, qtype="A"), an=records, **kw))
+
+
+def tc_answer(ident: int, name: str = "www.example.com") -> bytes:
+    return bytes(DNS(id=ident, qr=1, rd=1, ra=1, tc=1, qd=DNSQR(qname=name, qtype="A")))
+
+
+def test_a_truncated_answer_is_asked_again_over_tcp_and_the_full_answer_relayed() -> None:
+    fwd = forwarder(tcp_upstream=True)
+    q = bytes(DNS(id=0xBEEF, rd=1, qd=DNSQR(qname="www.example.com"), ar=DNSRROPT(rclass=4096)))
+    udp = only_send(fwd.query(q, GUEST, 0))
+    assert udp.tcp is False and udp.upstream == U1
+    retry = only_send(fwd.upstream_response(tc_answer(0x1000), U1, 0.5))
+    assert retry == SendUpstream(U1, udp.payload, True)  # the same query, to the same upstream, by TCP
+    assert fwd.get_timer() == 2.5  # the TCP try has a timeout of its own
+    full = big_answer(0x1000, ar=DNSRROPT(rclass=4096))
+    assert len(full) > 512
+    reply = only_reply(fwd.upstream_response(full, U1, 0.7, tcp=True))
+    assert reply.payload == b"\xbe\xef" + full[2:] and reply.upstream_id == 0x1000
+    assert fwd.stats.tcp_retries == 1 and fwd.stats.tcp_forwarded == 1 and fwd.stats.truncated == 0
+    assert fwd.pending() == 0
+
+
+def test_without_tcp_upstream_truncated_answers_pass_through_as_before() -> None:
+    fwd = forwarder()
+    only_send(fwd.query(query(), GUEST, 0))
+    reply = only_reply(fwd.upstream_response(tc_answer(0x1000), U1, 0.1))
+    assert reply.payload == b"\xbe\xef" + tc_answer(0x1000)[2:]
+    # A guest's TCP query goes upstream by UDP, as the old stack can only send that.
+    assert only_send(fwd.query(query(ident=5), GUEST, 0, tcp=True)).tcp is False
+
+
+def test_a_guests_tcp_query_goes_upstream_over_tcp_directly() -> None:
+    fwd = forwarder(tcp_upstream=True)
+    send = only_send(fwd.query(query(), GUEST, 0, tcp=True))
+    assert send.tcp is True and send.upstream == U1
+    full = big_answer(0x1000, count=90)
+    assert fwd.upstream_response(full, U1, 0.1) == []  # by UDP: it was asked over TCP only
+    reply = only_reply(fwd.upstream_response(full, U1, 0.2, tcp=True))
+    assert reply.payload == b"\xbe\xef" + full[2:]  # no size limit over TCP
+
+
+def test_tcp_tries_time_out_go_round_the_upstreams_and_end_in_the_truncated_answer() -> None:
+    fwd = forwarder(tcp_upstream=True, attempts=1, timeout=1.0)
+    only_send(fwd.query(query(), GUEST, 0))
+    assert only_send(fwd.upstream_response(tc_answer(0x1000), U1, 0.5)).tcp is True
+    assert fwd.handle_timer(1.4) == []
+    retry = only_send(fwd.handle_timer(1.5))
+    assert (retry.upstream, retry.tcp) == (U2, True)  # later tries stay on TCP
+    end = only_reply(fwd.handle_timer(2.5))
+    msg = DNS(end.payload)
+    assert msg.id == 0xBEEF and msg.tc == 1 and msg.rcode == 0  # what UDP gave, not SERVFAIL
+    assert end.upstream_id == 0x1000 and fwd.pending() == 0 and fwd.stats.servfail == 0
+
+
+def test_a_tcp_guest_whose_tcp_tries_all_time_out_gets_servfail() -> None:
+    fwd = forwarder(tcp_upstream=True, attempts=1, timeout=1.0)
+    assert only_send(fwd.query(query(), GUEST, 0, tcp=True)).tcp is True
+    assert only_send(fwd.handle_timer(1.0)).tcp is True
+    fail = only_reply(fwd.handle_timer(2.0))
+    assert DnsHeader.parse(fail.payload).rcode == 2 and fwd.stats.tcp_forwarded == 2
+
+
+def test_spoofed_and_mismatched_tcp_answers_are_refused() -> None:
+    fwd = forwarder(tcp_upstream=True)
+    only_send(fwd.query(query(), GUEST, 0))
+    full = big_answer(0x1000)
+    assert fwd.upstream_response(full, U1, 0.1, tcp=True) == []  # no TCP leg yet
+    only_send(fwd.upstream_response(tc_answer(0x1000), U1, 0.2))
+    bad = [
+        (full, U2),  # a configured server not asked over TCP
+        (full, ("192.0.2.66", 53)),
+        (big_answer(0x1001), U1),  # wrong ID
+        (big_answer(0x1000, name="www.evil.example"), U1),  # another question
+        (bytes(DNS(id=0x1000, qr=1, qd=[DNSQR(qname="www.example.com"), DNSQR(qname="x.example")])), U1),
+        (query(ident=0x1000), U1),  # QR clear
+        (full[:11], U1),
+    ]
+    for payload, upstream in bad:
+        assert fwd.upstream_response(payload, upstream, 0.3, tcp=True) == []
+    assert fwd.stats.spoofed == 1 + len(bad)
+    # Another truncated answer by UDP while the TCP try runs changes nothing; the real answer gets through.
+    assert fwd.upstream_response(tc_answer(0x1000), U1, 0.4) == []
+    assert fwd.stats.truncated_ignored == 1
+    assert only_reply(fwd.upstream_response(full, U1, 0.5, tcp=True)).payload[:2] == b"\xbe\xef"
+
+
+def test_a_late_complete_udp_answer_still_wins_over_a_running_tcp_try() -> None:
+    fwd = forwarder(tcp_upstream=True)
+    only_send(fwd.query(query(), GUEST, 0))
+    only_send(fwd.handle_timer(2.0))  # now asking U2 by UDP
+    only_send(fwd.upstream_response(tc_answer(0x1000), U2, 2.1))  # U2 truncates: TCP to U2
+    reply = only_reply(fwd.upstream_response(answer(0x1000), U1, 2.2))  # U1's late, complete answer
+    assert DNS(reply.payload).an[0].rdata == "192.0.2.80" and fwd.pending() == 0
+
+
+# --------------------------------------------------------------------------- answers too long for UDP guests
+
+
+def test_a_full_answer_too_long_for_a_udp_guest_is_replaced_by_the_truncated_one() -> None:
+    fwd = forwarder(tcp_upstream=True)
+    only_send(fwd.query(query(), GUEST, 0))  # no EDNS: 512 octets
+    only_send(fwd.upstream_response(tc_answer(0x1000), U1, 0.1))
+    reply = only_reply(fwd.upstream_response(big_answer(0x1000), U1, 0.2, tcp=True))
+    assert reply.payload == b"\xbe\xef" + tc_answer(0x1000)[2:]  # the upstream's own truncated answer
+    assert fwd.stats.truncated == 1
+
+
+def test_an_oversized_udp_answer_becomes_header_question_and_tc() -> None:
+    fwd = forwarder()
+    q = bytes(DNS(id=0xBEEF, rd=1, qd=DNSQR(qname="www.example.com"), ar=DNSRROPT(rclass=600)))
+    only_send(fwd.query(q, GUEST, 0))
+    full = big_answer(0x1000, count=60, aa=1)  # an upstream that ignored the guest's 600 octets
+    reply = only_reply(fwd.upstream_response(full, U1, 0.1))
+    msg = DnsMessage.parse(reply.payload)
+    assert len(reply.payload) <= 600 and msg.id == 0xBEEF
+    assert msg.flags == 0x8000 | 0x0400 | 0x0200 | 0x0100 | 0x0080  # QR AA TC RD RA, as the upstream's plus TC
+    assert [q.name for q in msg.questions] == ["www.example.com"] and msg.answers == ()
+    assert [(rr.rtype, rr.rclass) for rr in msg.additionals] == [(41, 1232)]  # an OPT: the guest used EDNS
+    assert DNS(reply.payload).tc == 1
+    # The guest's own EDNS size is its limit: the same answer for a guest announcing 4096 goes through.
+    q4096 = bytes(DNS(id=1, rd=1, qd=DNSQR(qname="www.example.com"), ar=DNSRROPT(rclass=4096)))
+    send = only_send(fwd.query(q4096, GUEST, 1))
+    full = big_answer(int.from_bytes(send.payload[:2], "big"), count=60)
+    assert only_reply(fwd.upstream_response(full, U1, 1.1)).payload[2:] == full[2:]
 
 
 # --------------------------------------------------------------------------- local names
@@ -279,6 +457,47 @@ def test_formerr_when_the_header_is_readable() -> None:
     assert fwd.stats.formerr == len(cases) and fwd.pending() == 0
 
 
+def test_queries_with_more_records_than_a_query_carries_get_formerr() -> None:
+    fwd = forwarder()
+    opt = DNSRROPT(rclass=1232)
+    ok = bytes(DNS(id=1, rd=1, qd=DNSQR(qname="a.example"), ar=[opt, DNSRR(rrname="k", type="TXT")]))
+    only_send(fwd.query(ok, GUEST, 0))
+    many = bytes(DNS(id=2, rd=1, qd=DNSQR(qname="a.example"), ar=[DNSRR(rrname="k", type="TXT")] * 5))
+    assert DnsHeader.parse(only_reply(fwd.query(many, GUEST, 0)).payload).rcode == 1
+
+
+def hostile_query() -> bytes:
+    """64 KiB: QDCOUNT 65535 and every two octets after the first question a pointer to the two
+    before, so each question's name, type and class are chains of backward pointers: the query that
+    stalled the old decoder for seconds (each question re-walked every pointer before it)."""
+    buf = bytearray(struct.pack("!HHHHHH", 0x4242, 0x0100, 0xFFFF, 0, 0, 0)) + b"\x00\x00\x01\x00\x01"
+    while len(buf) + 2 <= 0xFFFF:
+        target = len(buf) - 2 if len(buf) > 17 else 12
+        buf += struct.pack("!H", 0xC000 | min(target, 0x3FFF))
+    return bytes(buf)
+
+
+def test_the_hostile_64k_query_is_refused_without_reading_a_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    readers: list[Names] = []
+
+    class Counting(Names):
+        def __init__(self, *args: object, **kw: object) -> None:
+            super().__init__(*args, **kw)  # type: ignore[arg-type]
+            readers.append(self)
+
+    monkeypatch.setattr("vmlan.wire.dns._Names", Counting)
+    fwd = forwarder()
+    payload = hostile_query()
+    assert len(payload) == 0xFFFF
+    start = time.perf_counter()
+    reply = only_reply(fwd.query(payload, GUEST, 0))
+    elapsed = time.perf_counter() - start
+    head = DnsHeader.parse(reply.payload)
+    assert (head.id, head.rcode) == (0x4242, 1) and fwd.stats.formerr == 1
+    assert sum(r.steps for r in readers) == 0  # QDCOUNT != 1 is refused before any decoding
+    assert elapsed < 0.05  # the old decoder took 8-14 s; this is a generous bound for a loaded machine
+
+
 def test_unreadable_headers_and_responses_are_dropped_silently() -> None:
     fwd = forwarder()
     assert fwd.query(b"\x12\x34\x01", GUEST, 0) == []
@@ -301,12 +520,17 @@ def test_other_opcodes_get_notimp() -> None:
     ).map(lambda t: t[0][: t[2]] + t[1] + t[0][t[2] + len(t[1]) :])
 )
 def test_garbage_never_raises(data: bytes) -> None:
-    fwd = forwarder(static={"x.lan": ["10.0.0.1"]})
+    fwd = forwarder(static={"x.lan": ["10.0.0.1"]}, tcp_upstream=True)
     fwd.query(query(), GUEST, 0)
-    for action in fwd.query(data, GUEST, 0) + fwd.upstream_response(data, U1, 0) + fwd.handle_timer(10):
+    fwd.query(query(ident=2), GUEST, 0, tcp=True)
+    actions = fwd.query(data, GUEST, 0) + fwd.query(data, GUEST, 0, tcp=True, guest="g")
+    actions += fwd.upstream_response(data, U1, 0) + fwd.upstream_response(data, U1, 0, tcp=True)
+    actions += fwd.handle_timer(10) + fwd.handle_timer(20)
+    for action in actions:
         if isinstance(action, Reply):
             parse_questions(action.payload)  # everything we answer is a well-formed message
     assert fwd.stats.internal_errors == 0
+    assert fwd.pending() == sum(fwd._per_guest.values())
 
 
 # --------------------------------------------------------------------------- TCP framing
@@ -354,8 +578,12 @@ nameserver not-an-address
 nameserver 192.168.1.1
 options edns0 trust-ad
 nameserver
+nameserver 2001:DB8:0::0053
+nameserver ::1
+nameserver 10.0.0.1%eth0
+nameserver fe80::2%
 """
-    assert read_resolv_conf(text) == ["127.0.0.53", "192.168.1.1", "fe80::1%eth0", "2001:db8::53"]
+    assert read_resolv_conf(text) == ["127.0.0.53", "192.168.1.1", "fe80::1%eth0", "2001:db8::53", "::1"]
     assert read_resolv_conf("") == []
 
 
@@ -366,6 +594,8 @@ nameserver
         {"attempts": 0},
         {"max_pending": 0},
         {"max_pending": 40000},
+        {"max_pending_per_guest": 0},
+        {"max_pending_per_guest": 40000},
         {"ttl": -1},
         {"upstreams": [("", 53)]},
         {"upstreams": [("1.1.1.1", 0)]},

@@ -1,18 +1,26 @@
-"""RFC 1035 DNS messages and names: golden bytes, scapy both ways, round trips and pointer loops."""
+"""RFC 1035 DNS messages and names: golden bytes, scapy both ways, round trips, pointer loops, and
+bounded work (section counts checked first, steps per name capped, each octet walked at most twice)."""
 
 from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR, DNSRRMX, DNSRROPT, DNSRRSOA
 
+import vmlan.wire.dns as dns_wire
 from vmlan.wire import IntegrityError, SanityError, WireError
 from vmlan.wire.dns import (
     CLASS_IN,
     FLAG_QR,
     FLAG_RA,
     FLAG_RD,
+    MAX_NAME_STEPS,
     RCODE_NXDOMAIN,
     TYPE_A,
     TYPE_AAAA,
@@ -109,12 +117,38 @@ def test_malformed_names_raise_integrity_error(buf: bytes, offset: int, message:
         decode_name(buf, offset)
 
 
-def test_long_backward_pointer_chain_terminates() -> None:
-    # Every pointer jumps further back, the last one reaches a real name: legal, if silly.
+def pointer_chain(pointers: int) -> bytes:
+    """The name "a" at 0, then ``pointers`` pointers, each to the one before: decode from the last."""
     buf = bytearray(b"\x01a\x00")
-    for i in range(200):
+    for i in range(pointers):
         buf += (0xC000 | (len(buf) - 2 if i else 0)).to_bytes(2, "big")
+    return bytes(buf)
+
+
+def test_long_backward_pointer_chain_terminates_up_to_the_step_limit() -> None:
+    # Every pointer jumps further back, the last one reaches a real name: legal, if silly, while the
+    # pointers, the label and the root take at most MAX_NAME_STEPS steps.
+    assert MAX_NAME_STEPS == 255
+    buf = pointer_chain(253)
     assert decode_name(buf, len(buf) - 2) == ("a", len(buf))
+    buf = pointer_chain(254)
+    with pytest.raises(IntegrityError, match="more than 255 steps"):
+        decode_name(buf, len(buf) - 2)
+
+
+def test_what_a_pointer_leads_to_must_lie_before_what_pointed() -> None:
+    # The name at 8 points at 2, where a 10-octet label covers the pointer itself: the old
+    # backward-only rule read it; now a pointed-to part must end before the part that pointed.
+    buf = b"\x00\x00\x0a" + b"abcde" + b"\xc0\x02" + b"xyz" + b"\x00"
+    with pytest.raises(IntegrityError, match="runs past the end"):
+        decode_name(buf, 8)
+    # The same label reached from a name after it is fine.
+    assert decode_name(buf + b"\xc0\x02", len(buf)) == ("abcde\\192\\002xyz", len(buf) + 2)
+    # Two pointers: the second part must end before the first part starts (here it runs into it).
+    nested = b"\x01a\x01b\x00" + b"\x01c\xc0\x00" + b"\xc0\x05"
+    assert decode_name(nested, 9) == ("c.a.b", 11)
+    with pytest.raises(IntegrityError, match="runs past the end"):
+        decode_name(b"\x03a\xc0\x00\x00", 2)  # the label at 0 covers the pointer at 2 that led to it
 
 
 def test_header_flag_accessors() -> None:
@@ -145,6 +179,96 @@ def test_counts_larger_than_the_message_are_integrity_errors() -> None:
     # parse_questions stops before the answers, so it does not care.
     _, questions, end = parse_questions(bytes(wire))
     assert questions[0].name == "example.com" and end == len(QUERY)
+
+
+@contextmanager
+def counting_steps() -> Iterator[list[dns_wire._Names]]:
+    """Every name reader the codec creates meanwhile, for their ``steps``."""
+    readers: list[dns_wire._Names] = []
+    original = dns_wire._Names
+
+    class Counting(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kw: object) -> None:
+            super().__init__(*args, **kw)
+            readers.append(self)
+
+    with mock.patch.object(dns_wire, "_Names", Counting):
+        yield readers
+
+
+def test_counts_are_checked_against_the_length_before_any_name_is_read() -> None:
+    header = struct.pack("!HHHHHH", 1, 0, 0xFFFF, 0, 0, 0)
+    body = b"\xc0\x0c" * 100  # would be a pointer loop, if anything read it
+    with counting_steps() as readers:
+        with pytest.raises(IntegrityError, match="QDCOUNT 65535 need at least 327687 octets"):
+            parse_questions(header + body)
+        with pytest.raises(IntegrityError, match="section counts need"):
+            DnsMessage.parse(header + body)
+        many_records = struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 10) + QUERY[12:] + bytes(50)
+        with pytest.raises(IntegrityError, match="need at least 127 octets, message has 79"):
+            DnsMessage.parse(many_records)  # 1 question (>= 5) and 10 records (>= 11 each)
+        with pytest.raises(SanityError, match="2 questions"):
+            parse_questions(struct.pack("!HHHHHH", 1, 0, 2, 0, 0, 0) + body, expect=1)
+    assert sum(r.steps for r in readers) == 0
+    # Exactly at the minimum: 2 root questions and 1 root record with no RDATA fit in 12 + 10 + 11.
+    tight = struct.pack("!HHHHHH", 1, 0, 2, 1, 0, 0) + b"\x00\x00\x01\x00\x01" * 2 + b"\x00" + bytes(10)
+    assert len(DnsMessage.parse(tight).questions) == 2
+
+
+def chained_questions(size: int) -> bytes:
+    """Questions whose names each point at the one before, in chains of up to 250 steps: legal,
+    and for a decoder without a suffix cache quadratic (the old one took 20 ms for 8 KB)."""
+    body = bytearray(b"\x00\x00\x01\x00\x01")
+    starts, depth = [12], 1
+    while 12 + len(body) + 6 <= size:
+        here = 12 + len(body)
+        if depth >= 250 or starts[-1] > 0x3FFF:
+            body += b"\x00\x00\x01\x00\x01"
+            depth = 1
+        else:
+            body += struct.pack("!H", 0xC000 | starts[-1]) + b"\x00\x01\x00\x01"
+            depth += 1
+        starts.append(here)
+    return struct.pack("!HHHHHH", 1, 0, len(starts), 0, 0, 0) + bytes(body)
+
+
+def long_suffixes(size: int = 0xFFFF) -> bytes:
+    """Below 16 KiB questions of 126 escaped one-octet labels; then questions pointing at every one
+    of those labels in turn: thousands of names of up to 500 characters from two-octet pointers."""
+    body = bytearray()
+    targets = []
+    count = 0
+    while 12 + len(body) + 260 < 0x3FFF:
+        for _ in range(126):
+            targets.append(12 + len(body))
+            body += b"\x01\xff"
+        body += b"\x00\x00\x01\x00\x01"
+        count += 1
+    while 12 + len(body) + 6 <= size:
+        body += struct.pack("!H", 0xC000 | targets[count % len(targets)]) + b"\x00\x01\x00\x01"
+        count += 1
+    return struct.pack("!HHHHHH", 1, 0, count, 0, 0, 0) + bytes(body)
+
+
+@pytest.mark.parametrize("message", [chained_questions(8000), chained_questions(0xFFFF), long_suffixes()])
+def test_each_octet_is_walked_at_most_twice(message: bytes) -> None:
+    with counting_steps() as readers:
+        msg = DnsMessage.parse(message)
+    assert len(msg.questions) == DnsHeader.parse(message).qdcount > 1000
+    assert sum(r.steps for r in readers) <= 2 * len(message)
+    with counting_steps() as readers:
+        assert parse_questions(message)[1] == msg.questions
+    assert sum(r.steps for r in readers) <= 2 * len(message)
+    # Every name decodes the same one at a time (no cache, each walk bounded by MAX_NAME_STEPS).
+    for q, start in zip(msg.questions[:300], _question_starts(message), strict=False):
+        assert decode_name(message, start)[0] == q.name
+
+
+def _question_starts(message: bytes) -> Iterator[int]:
+    pos = 12
+    for _ in range(DnsHeader.parse(message).qdcount):
+        yield pos
+        pos = decode_name(message, pos)[1] + 4
 
 
 # --------------------------------------------------------------------------- scapy, both ways
@@ -363,6 +487,82 @@ def test_pointer_soup_never_hangs_or_escapes(parts: list[bytes]) -> None:
             continue
         assert start < after <= len(buf)
         assert len(encode_name(name)) <= 255
+
+
+@st.composite
+def compressed_soup(draw: st.DrawFn) -> bytes:
+    """Labels, roots, pointers to random earlier offsets and junk octets: names galore, some broken."""
+    buf = bytearray()
+    for _ in range(draw(st.integers(0, 60))):
+        kind = draw(st.integers(0, 9))
+        if kind < 4:
+            buf += b"\x01" + draw(st.sampled_from([b"a", b"b", b"\xff", b"."]))
+        elif kind < 7 and buf:
+            buf += (0xC000 | draw(st.integers(0, len(buf) - 1))).to_bytes(2, "big")
+        elif kind < 9:
+            buf += b"\x00"
+        else:
+            buf += draw(st.binary(max_size=3))
+    return bytes(buf)
+
+
+def test_names_built_from_cached_suffixes_keep_the_length_and_step_limits() -> None:
+    chain = pointer_chain(250)  # 252 steps from its last pointer
+    longer = chain + b"".join((0xC000 | (len(chain) + 2 * i - 2)).to_bytes(2, "big") for i in range(4))
+    # From the chain's end: 252 steps, fine; four more pointers: 256, one too many.
+    names = dns_wire._Names(longer, cache=True)
+    assert names.read(len(chain) - 2, len(longer))[0] == "a"
+    with pytest.raises(IntegrityError, match="more than 255 steps"):
+        names.read(len(longer) - 2, len(longer))
+    # A 252-octet name read once: a 3-octet label in front of it makes 255 octets, 4 make 256.
+    long_name = encode_name(".".join(["a" * 62] * 3 + ["a" * 61]))
+    assert len(long_name) == 252
+    for label, ok in ((b"\x02bb", True), (b"\x03bbb", False)):
+        buf = long_name + label + b"\xc0\x00"
+        names = dns_wire._Names(buf, cache=True)
+        first = names.read(0, len(buf))[0]
+        start = len(long_name)
+        if ok:
+            assert names.read(start, len(buf))[0] == "bb." + first == decode_name(buf, start)[0]
+            continue
+        with pytest.raises(IntegrityError, match="longer than 255"):
+            names.read(start, len(buf))
+        with pytest.raises(IntegrityError, match="longer than 255"):
+            decode_name(buf, start)
+
+
+@settings(max_examples=300, deadline=None)
+@given(compressed_soup())
+def test_cached_and_uncached_decoding_agree(buf: bytes) -> None:
+    # One reader with a cache decoding every offset in turn (as a message decodes name after name)
+    # gives, name by name, what a fresh reader gives: the same text and wire form, or a WireError.
+    shared = dns_wire._Names(buf, cache=True)
+    for start in range(len(buf)):
+        try:
+            alone: object = dns_wire._Names(buf, cache=False).read(start, len(buf), wire_form=True)
+        except WireError:
+            alone = WireError
+        try:
+            cached: object = shared.read(start, len(buf))
+        except WireError:
+            cached = WireError
+        assert cached == alone, start
+        if alone is not WireError:
+            text, wire, _ = alone  # type: ignore[misc]
+            assert encode_name(text) == wire
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(st.integers(0, 40), st.integers(0, 8), st.integers(0, 8)), compressed_soup())
+def test_any_message_parses_or_raises_within_the_work_bound(counts: tuple[int, int, int], body: bytes) -> None:
+    qd, an, ar = counts
+    message = struct.pack("!HHHHHH", 1, 0, qd, an, 0, ar) + body
+    with counting_steps() as readers:
+        only_wire_errors(lambda: DnsMessage.parse(message))
+        only_wire_errors(lambda: parse_questions(message))
+        only_wire_errors(lambda: parse_questions(message, expect=1))
+    # Three parses, each walking an octet at most twice (names of one octet: the root).
+    assert sum(r.steps for r in readers) <= 3 * 2 * len(message)
 
 
 def test_every_truncation_raises_only_wire_errors() -> None:

@@ -16,20 +16,46 @@ A static name answers A queries with its addresses (TTL :attr:`DnsConfig.ttl`) a
 with NODATA (NOERROR, no answers), so a guest asking AAAA first does not conclude the name is missing.
 Everything else is forwarded with the query ID replaced by one of the engine's own (unpredictable,
 never two pending alike) and the answer comes back with the guest's ID restored and nothing else
-changed: NXDOMAIN, SERVFAIL, truncation and EDNS all pass through.
+changed: NXDOMAIN, SERVFAIL, truncation and EDNS all pass through (unless the answer is too long for
+the guest: see Transports below).
 
 Retries follow resolv.conf semantics: each try waits ``timeout`` seconds; ``attempts`` rounds over
-the upstream list, starting with the first; a late answer from any server already tried is accepted.
-Upstreams are ``(host, port)`` as the caller will send to them; the caller must report answers with
-the same tuple (normalise IPv6 text before configuring).  Answers are forwarded over UDP only; an
-upstream answer with TC set passes through, and a guest that then retries over TCP gets the same
-forwarded-over-UDP answer (a TCP upstream leg is left for the I/O layer to add).
+the upstream list, starting with the first; a late answer from any server already tried (over the
+transport it was asked on) is accepted.  Upstreams are ``(host, port)`` as the caller will send to
+them; the caller must report answers with the same tuple (:class:`vmlan.io.dns.DnsUpstreams` does).
+
+Caps: at most ``max_pending`` queries are waiting upstream, and at most ``max_pending_per_guest`` of
+them for one guest (the ``guest`` key given to :meth:`DnsForwarder.query`), so a guest flooding
+unanswerable names gets SERVFAIL at once for its excess while the others' lookups go on.
+
+Transports.  A guest's UDP query goes upstream by UDP.  With :attr:`DnsConfig.tcp_upstream` (set it
+when the I/O layer carries ``SendUpstream(tcp=True)``, as ``DnsUpstreams`` does):
+
+* an upstream UDP answer with TC set makes the forwarder ask the same upstream again over TCP
+  (RFC 7766 section 5) and relay the TCP answer; the try's timer starts again, and later tries of
+  that query stay on TCP;
+* a guest's TCP query goes upstream over TCP at once: guests use TCP after a truncated answer, so a
+  UDP leg would only be truncated again (libslirp, which NATs TCP/53 to the host's resolver, gives
+  the same result).
+
+An answer longer than a UDP guest can take (512 octets, or the size its EDNS OPT record gives) is
+not sent as is: the guest gets the upstream's own truncated UDP answer when one was seen and fits,
+else the header and question with TC set, and retries over TCP.  When every TCP try fails, a
+truncated UDP answer already received is relayed instead of SERVFAIL: it is what the guest would
+have got without TCP.  Without ``tcp_upstream`` everything goes by UDP and truncated answers pass
+through, as in QEMU.  Each :class:`Reply` that ends a forwarded query names its upstream ID, so the
+I/O layer can close what it opened for it (:meth:`vmlan.io.dns.DnsUpstreams.forget`).
+
+Queries are refused (FORMERR) before any name is decoded unless they ask exactly one question,
+and when they carry more than a few records (a query has at most an OPT and a TSIG): the decoder's
+work stays bounded whatever a guest sends (see :mod:`vmlan.wire.dns`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import secrets
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +108,12 @@ _UDP_PLAIN = 512
 #: Our EDNS UDP payload size (the 2020 DNS flag day value: no fragmentation on common paths).
 _EDNS_SIZE = 1232
 _TCP_MAX = 0xFFFF
+#: A query may carry an OPT record, a TSIG or SIG(0), a cookie inside OPT: more records than this
+#: is not a query a resolver sends, and is refused before it is decoded.
+_MAX_QUERY_RECORDS = 4
+# An OPT pseudo-record (RFC 6891 section 6.1.2) with our UDP size, for replies we build: root
+# owner, TYPE 41, CLASS = UDP payload size, TTL = extended RCODE/version/flags (all 0), no RDATA.
+_OPT_RR = b"\x00" + struct.pack("!HHIH", TYPE_OPT, _EDNS_SIZE, 0, 0)
 
 Upstream: TypeAlias = tuple[str, int]
 
@@ -105,7 +137,10 @@ class DnsConfig:
     timeout: float = 2.0
     attempts: int = 2
     max_pending: int = 1024
+    max_pending_per_guest: int = 64
     ttl: int = 60
+    #: The I/O layer can send ``SendUpstream(tcp=True)`` (see the module docstring).
+    tcp_upstream: bool = False
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -114,6 +149,8 @@ class DnsConfig:
             raise DnsError(f"attempts {self.attempts} must be >= 1")
         if not 1 <= self.max_pending <= 0x8000:
             raise DnsError(f"max_pending {self.max_pending} outside 1..32768 (half the ID space)")
+        if not 1 <= self.max_pending_per_guest <= 0x8000:
+            raise DnsError(f"max_pending_per_guest {self.max_pending_per_guest} outside 1..32768")
         if not 0 <= self.ttl <= 0x7FFFFFFF:
             raise DnsError(f"ttl {self.ttl} outside 0..2147483647")
         for host, port in self.upstreams:
@@ -146,18 +183,29 @@ class DnsConfig:
 
 @dataclass(frozen=True, slots=True)
 class SendUpstream:
-    """Send ``payload`` by UDP to ``upstream``."""
+    """Send ``payload`` to ``upstream``: by UDP, or when ``tcp`` as one length-prefixed message over TCP.
+
+    Its first two octets are the query's upstream ID; report the answer to
+    :meth:`DnsForwarder.upstream_response` with the same ``upstream`` and ``tcp``.
+    """
 
     upstream: Upstream
     payload: bytes
+    tcp: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Send ``payload`` to the guest endpoint ``client`` (as it was given to :meth:`DnsForwarder.query`)."""
+    """Send ``payload`` to the guest endpoint ``client`` (as it was given to :meth:`DnsForwarder.query`).
+
+    ``upstream_id`` is set when the reply ends a forwarded query (its answer, or the SERVFAIL or
+    truncated answer it ended with): the forwarder will accept nothing more for that ID, so the
+    I/O layer may close the sockets it opened for it.
+    """
 
     client: Hashable
     payload: bytes
+    upstream_id: int | None = None
 
 
 Action: TypeAlias = SendUpstream | Reply
@@ -171,8 +219,13 @@ class DnsStats:
     static_answers: int = 0
     forwarded: int = 0  # queries sent upstream (first tries)
     retries: int = 0
-    answered: int = 0  # upstream answers relayed to a guest
-    servfail: int = 0  # SERVFAILs we made: timeouts, no upstreams, table full
+    answered: int = 0  # upstream answers relayed to a guest (truncated ones too)
+    servfail: int = 0  # SERVFAILs we made: timeouts, no upstreams, table full, guest over its cap
+    guest_limited: int = 0  # of which: the guest had max_pending_per_guest queries waiting
+    tcp_forwarded: int = 0  # tries sent over TCP: guests' TCP queries, TC retries, their timeouts' retries
+    tcp_retries: int = 0  # truncated UDP answers asked again over TCP
+    truncated: int = 0  # answers too long for a UDP guest, replaced by a truncated one
+    truncated_ignored: int = 0  # TC answers by UDP for a query already asked over TCP
     formerr: int = 0
     notimp: int = 0
     duplicates: int = 0  # guest retransmissions of a query already pending
@@ -186,12 +239,18 @@ class _Pending:
         "client",
         "deadline",
         "dedup",
+        "edns",
+        "guest",
         "guest_head",
         "key",
+        "limit",
         "question",
         "rest",
+        "tcp",
         "tried",
+        "tried_tcp",
         "tries",
+        "truncated",
         "upstream_id",
     )
 
@@ -199,29 +258,39 @@ class _Pending:
         self,
         upstream_id: int,
         client: Hashable,
+        guest: Hashable,
         guest_head: bytes,
         question: bytes,
         rest: bytes,
         key: tuple[str, int, int],
         dedup: tuple[Hashable, int, tuple[str, int, int]],
         deadline: float,
+        limit: int,
+        edns: bool,
+        tcp: bool,
     ) -> None:
         self.upstream_id = upstream_id
         self.client = client
+        self.guest = guest  # the per-guest accounting key
         self.guest_head = guest_head  # the guest's ID and flags words
         self.question = question  # the question section as the guest sent it
         self.rest = rest  # the query after its ID: what goes upstream behind our ID
         self.key = key
         self.dedup = dedup
         self.deadline = deadline
+        self.limit = limit  # the longest answer the guest can take (65535 over TCP)
+        self.edns = edns  # the guest sent an OPT record: replies we build carry one
+        self.tcp = tcp  # the current try goes over TCP
         self.tries = 1
-        self.tried: set[Upstream] = set()
+        self.tried: set[Upstream] = set()  # asked over UDP
+        self.tried_tcp: set[Upstream] = set()
+        self.truncated: bytes | None = None  # an upstream's TC answer by UDP, behind our ID
 
 
 class DnsForwarder:
     """Answers guests' queries locally or through upstream resolvers; see the module docstring."""
 
-    __slots__ = ("_answers", "_by_dedup", "_pending", "_rng", "_total_tries", "cfg", "stats")
+    __slots__ = ("_answers", "_by_dedup", "_pending", "_per_guest", "_rng", "_total_tries", "cfg", "stats")
 
     def __init__(self, cfg: DnsConfig, *, rng: Callable[[], int] | None = None) -> None:
         """``rng`` returns upstream query IDs (0..65535); the default draws them from ``secrets``."""
@@ -234,22 +303,32 @@ class DnsForwarder:
         # moving an entry to the end on each (re)send keeps the dict in deadline order.
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._by_dedup: dict[tuple[Hashable, int, tuple[str, int, int]], int] = {}
+        self._per_guest: dict[Hashable, int] = {}
 
     # ----------------------------------------------------------------- entry points
 
-    def query(self, payload: BytesLike, client: Hashable, now: float, *, tcp: bool = False) -> list[Action]:
-        """A query from the guest endpoint ``client``; ``tcp`` if it came over TCP (no 512-octet limit)."""
+    def query(
+        self, payload: BytesLike, client: Hashable, now: float, *, tcp: bool = False, guest: Hashable | None = None
+    ) -> list[Action]:
+        """A query from the guest endpoint ``client``; ``tcp`` if it came over TCP (no 512-octet limit).
+
+        ``guest`` is the key the per-guest cap counts under (the guest's address, say); without
+        one, ``client`` itself is the key.
+        """
         self.stats.queries += 1
         try:
-            return self._query(bytes(payload), client, now, tcp)
+            return self._query(bytes(payload), client, now, tcp, client if guest is None else guest)
         except Exception:
             self.stats.internal_errors += 1
             return []
 
-    def upstream_response(self, payload: BytesLike, upstream: Upstream, now: float) -> list[Action]:
-        """A datagram from ``upstream``; relayed to its guest if it answers a pending query, else dropped."""
+    def upstream_response(
+        self, payload: BytesLike, upstream: Upstream, now: float, *, tcp: bool = False
+    ) -> list[Action]:
+        """A message from ``upstream`` (over TCP if ``tcp``); relayed to its guest if it answers a
+        pending query, else dropped and counted."""
         try:
-            return self._response(bytes(payload), upstream)
+            return self._response(bytes(payload), upstream, now, tcp)
         except Exception:
             self.stats.internal_errors += 1
             return []
@@ -263,16 +342,16 @@ class DnsForwarder:
                 break
             if p.tries >= self._total_tries:
                 self._forget(p)
+                if p.truncated is not None:  # every TCP try failed: what UDP gave is better than nothing
+                    actions.append(self._relay(p, p.truncated))
+                    continue
                 self.stats.servfail += 1
-                actions.append(Reply(p.client, self._error(p.guest_head, p.question, RCODE_SERVFAIL)))
+                actions.append(Reply(p.client, self._error(p.guest_head, p.question, RCODE_SERVFAIL), p.upstream_id))
                 continue
             upstream = self.cfg.upstreams[p.tries % len(self.cfg.upstreams)]
             p.tries += 1
-            p.tried.add(upstream)
-            p.deadline = now + self.cfg.timeout
-            self._pending.move_to_end(p.upstream_id)
             self.stats.retries += 1
-            actions.append(SendUpstream(upstream, self._upstream_query(p)))
+            actions.append(self._send(p, upstream, now))
         return actions
 
     def get_timer(self) -> float | None:
@@ -281,12 +360,15 @@ class DnsForwarder:
             return None
         return next(iter(self._pending.values())).deadline
 
-    def pending(self) -> int:
-        return len(self._pending)
+    def pending(self, guest: Hashable | None = None) -> int:
+        """Queries waiting upstream: all of them, or those counted under ``guest``."""
+        if guest is None:
+            return len(self._pending)
+        return self._per_guest.get(guest, 0)
 
     # ----------------------------------------------------------------- queries
 
-    def _query(self, payload: bytes, client: Hashable, now: float, tcp: bool) -> list[Action]:
+    def _query(self, payload: bytes, client: Hashable, now: float, tcp: bool, guest: Hashable) -> list[Action]:
         if len(payload) < DNS_HLEN:
             self.stats.dropped += 1
             return []
@@ -299,9 +381,7 @@ class DnsForwarder:
             self.stats.notimp += 1
             return [Reply(client, self._error(guest_head, b"", RCODE_NOTIMP))]
         try:
-            header, questions, end = parse_questions(payload)
-            if len(questions) != 1:
-                raise SanityError("DNS", f"{len(questions)} questions (exactly one is supported)")
+            header, questions, end = parse_questions(payload, expect=1)
             edns = self._edns_size(payload, header)
         except WireError:
             self.stats.formerr += 1
@@ -320,16 +400,33 @@ class DnsForwarder:
         if dedup in self._by_dedup:
             self.stats.duplicates += 1  # the guest retransmitted; our own retries are already running
             return []
-        if len(self._pending) >= self.cfg.max_pending:
+        waiting = self._per_guest.get(guest, 0)
+        if len(self._pending) >= self.cfg.max_pending or waiting >= self.cfg.max_pending_per_guest:
             self.stats.servfail += 1
+            if waiting >= self.cfg.max_pending_per_guest:
+                self.stats.guest_limited += 1
             return [Reply(client, self._error(guest_head, qbytes, RCODE_SERVFAIL))]
+        limit = _TCP_MAX if tcp else _UDP_PLAIN if edns is None else max(_UDP_PLAIN, edns)
         upstream_id = self._new_id()
-        p = _Pending(upstream_id, client, guest_head, qbytes, payload[2:], key, dedup, now + self.cfg.timeout)
-        p.tried.add(self.cfg.upstreams[0])
+        p = _Pending(
+            upstream_id,
+            client,
+            guest,
+            guest_head,
+            qbytes,
+            payload[2:],
+            key,
+            dedup,
+            now,
+            limit,
+            edns is not None,
+            tcp and self.cfg.tcp_upstream,
+        )
         self._pending[upstream_id] = p
         self._by_dedup[dedup] = upstream_id
+        self._per_guest[guest] = waiting + 1
         self.stats.forwarded += 1
-        return [SendUpstream(self.cfg.upstreams[0], self._upstream_query(p))]
+        return [self._send(p, self.cfg.upstreams[0], now)]
 
     # ----------------------------------------------------------------- helpers
 
@@ -339,9 +436,25 @@ class DnsForwarder:
             if candidate not in self._pending:
                 return candidate
 
+    def _send(self, p: _Pending, upstream: Upstream, now: float) -> SendUpstream:
+        """(Re)send ``p`` to ``upstream`` over its current transport and restart its try's timer."""
+        if p.tcp:
+            p.tried_tcp.add(upstream)
+            self.stats.tcp_forwarded += 1
+        else:
+            p.tried.add(upstream)
+        p.deadline = now + self.cfg.timeout
+        self._pending.move_to_end(p.upstream_id)
+        return SendUpstream(upstream, p.upstream_id.to_bytes(2, "big") + p.rest, p.tcp)
+
     def _forget(self, p: _Pending) -> None:
         del self._pending[p.upstream_id]
         self._by_dedup.pop(p.dedup, None)
+        left = self._per_guest[p.guest] - 1
+        if left:
+            self._per_guest[p.guest] = left
+        else:
+            del self._per_guest[p.guest]
 
     @staticmethod
     def _error(guest_head: bytes, question: bytes, rcode: int) -> bytes:
@@ -355,8 +468,11 @@ class DnsForwarder:
     @staticmethod
     def _edns_size(payload: bytes, header: DnsHeader) -> int | None:
         """The requester's EDNS UDP size if the query carries an OPT record, else None."""
-        if not header.arcount:
+        records = header.ancount + header.nscount + header.arcount
+        if not records:
             return None
+        if records > _MAX_QUERY_RECORDS:
+            raise SanityError("DNS", f"a query with {records} records (at most {_MAX_QUERY_RECORDS})")
         msg = DnsMessage.parse(payload)
         for rr in msg.additionals:
             if rr.rtype == TYPE_OPT:
@@ -385,31 +501,52 @@ class DnsForwarder:
             answers = answers[: len(answers) // 2]  # RFC 2181 section 9: set TC, send what fits
             flags |= FLAG_TC
 
-    @staticmethod
-    def _upstream_query(p: _Pending) -> bytes:
-        return p.upstream_id.to_bytes(2, "big") + p.rest
-
     # ----------------------------------------------------------------- responses
 
-    def _response(self, payload: bytes, upstream: Upstream) -> list[Action]:
+    def _response(self, payload: bytes, upstream: Upstream, now: float, tcp: bool) -> list[Action]:
         if len(payload) < DNS_HLEN:
             self.stats.spoofed += 1
             return []
         p = self._pending.get(int.from_bytes(payload[:2], "big"))
-        if p is None or upstream not in p.tried or not payload[2] & 0x80:
+        if p is None or upstream not in (p.tried_tcp if tcp else p.tried) or not payload[2] & 0x80:
             self.stats.spoofed += 1
             return []
         try:
-            _, questions, _ = parse_questions(payload)
+            _, questions, _ = parse_questions(payload, expect=1)
         except WireError:
             self.stats.spoofed += 1
             return []
-        if len(questions) != 1 or questions[0].key()[1:] != p.key[1:] or questions[0].name.lower() != p.key[0]:
+        question = questions[0]
+        if (question.qtype, question.qclass) != p.key[1:] or question.name.lower() != p.key[0]:
             self.stats.spoofed += 1
             return []
+        if not tcp and payload[2] & (FLAG_TC >> 8) and self.cfg.tcp_upstream:
+            if p.tcp:
+                self.stats.truncated_ignored += 1  # already asking over TCP: wait for that answer
+                return []
+            p.tcp = True
+            p.truncated = payload
+            self.stats.tcp_retries += 1
+            return [self._send(p, upstream, now)]
         self._forget(p)
+        return [self._relay(p, payload)]
+
+    def _relay(self, p: _Pending, payload: bytes) -> Reply:
+        """The upstream answer ``payload`` (still behind our ID) for ``p``'s guest, cut to its limit."""
         self.stats.answered += 1
-        return [Reply(p.client, p.guest_head[:2] + payload[2:])]
+        if len(payload) <= p.limit:
+            return Reply(p.client, p.guest_head[:2] + payload[2:], p.upstream_id)
+        self.stats.truncated += 1
+        if p.truncated is not None and len(p.truncated) <= p.limit:
+            return Reply(p.client, p.guest_head[:2] + p.truncated[2:], p.upstream_id)
+        # The upstream's flags and RCODE with TC set, the guest's question, our OPT if it sent one.
+        head = DnsHeader(
+            id=int.from_bytes(p.guest_head[:2], "big"),
+            flags=int.from_bytes(payload[2:4], "big") | FLAG_TC,
+            qdcount=1,
+            arcount=int(p.edns),
+        )
+        return Reply(p.client, head.to_bytes() + p.question + (_OPT_RR if p.edns else b""), p.upstream_id)
 
 
 class TcpDnsFramer:
@@ -455,19 +592,23 @@ def read_resolv_conf(text: str) -> list[str]:
     """The ``nameserver`` addresses of a resolv.conf, in order, duplicates and junk left out.
 
     Loopback resolvers stay as they are: the systemd-resolved stub (127.0.0.53) and a local dnsmasq
-    are reachable from the host, which is where the forwarder's sockets live.  IPv6 link-local
-    addresses keep their ``%zone``.
+    are reachable from the host, which is where the forwarder's sockets live.  IPv6 addresses come
+    in their compressed form (so duplicates spelt differently go), link-local ones with their
+    ``%zone``; :class:`vmlan.io.dns.DnsUpstreams` sends to either family.
     """
     out: list[str] = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) < 2 or fields[0] != "nameserver":
             continue
-        addr = fields[1]
+        host, sep, zone = fields[1].partition("%")
         try:
-            ipaddress.ip_address(addr.split("%", 1)[0])
+            ip = ipaddress.ip_address(host)
         except ValueError:
             continue
+        if sep and (ip.version == 4 or not zone):  # a zone only qualifies an IPv6 address
+            continue
+        addr = f"{ip}%{zone}" if sep else str(ip)
         if addr not in out:
             out.append(addr)
     return out

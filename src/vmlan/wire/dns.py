@@ -22,6 +22,14 @@ that may be compressed (NS, CNAME, SOA, PTR, MX, ...) are expanded on decode,
 so a parsed record is self-contained and can be re-encoded anywhere; encoding
 never compresses RDATA (always legal, and RFC 3597 forbids it for newer
 types).
+
+Work is bounded by the message, whatever its contents: section counts are checked against the
+message length before anything is decoded (a question takes at least 5 octets, a record 11), a
+name takes at most :data:`MAX_NAME_STEPS` labels and pointers, and within one message every
+name is decoded through a cache of the suffixes already read, so each octet is walked at most
+twice however the compression pointers chain (:class:`DnsMessage.parse`, :func:`parse_questions`).
+A caller that wants exactly one question says so (``expect=1``) and a message with any other
+count is refused before its first name is read.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from ._common import BytesLike, check_uint, resolve_end
 from .errors import IntegrityError, SanityError
@@ -46,6 +55,7 @@ __all__ = [
     "FLAG_RD",
     "FLAG_TC",
     "MAX_NAME_LEN",
+    "MAX_NAME_STEPS",
     "OPCODE_QUERY",
     "RCODE_FORMERR",
     "RCODE_NOERROR",
@@ -81,9 +91,20 @@ _PROTO = "DNS"
 DNS_HLEN = 12
 #: RFC 1035 section 2.3.4: a name is at most 255 octets on the wire (length octets included).
 MAX_NAME_LEN = 255
+#: Labels, pointers and the root octet read for one name.  A 255-octet name has at most 127
+#: labels, and an encoder that compresses honestly follows at most one pointer per label
+#: (each suffix it points at was written as labels before a pointer), so 2 * 127 + 1 steps never
+#: refuse one; a longer walk is a chain of pointers built to burn time.
+MAX_NAME_STEPS = 2 * 127 + 1
+#: The fewest octets a question (root name, type, class) and a record (root name, type, class,
+#: TTL, RDLENGTH) take: what a section count is checked against before decoding.
+_MIN_QUESTION = 5
+_MIN_RECORD = 11
 _MAX_LABEL = 63
 _MAX_POINTER = 0x3FFF
 _DIGITS = frozenset("0123456789")
+# Label octets whose text is the octet itself: printable ASCII but "." and "\\".
+_PLAIN = bytes(b for b in range(0x21, 0x7F) if b not in (0x2E, 0x5C))
 
 # Header flag bits (the 16-bit word after the ID).
 FLAG_QR = 0x8000
@@ -163,6 +184,8 @@ _RDATA_FIXED = {TYPE_A: 4, TYPE_AAAA: 16}
 
 
 def _label_to_text(label: bytes) -> str:
+    if not label.translate(None, _PLAIN):
+        return label.decode("ascii")
     out = []
     for b in label:
         if b in (0x2E, 0x5C):  # "." and "\"
@@ -286,46 +309,135 @@ def encode_name(
 def decode_name(buf: BytesLike, offset: int, end: int | None = None) -> tuple[str, int]:
     """Decode the name at ``offset`` in ``buf[:end]``; return it and the offset just after it.
 
-    Pointers count from the start of ``buf``.  Every pointer must point strictly before the lowest
-    offset this name has read so far, so each jump goes further back: a loop, or a pointer to
-    itself or forward, cannot be followed and raises :class:`IntegrityError` instead.
+    Pointers count from the start of ``buf``.  The name's own labels must end within ``end``;
+    what a pointer leads to must point strictly backwards and lie entirely before the part of the
+    name that pointed to it (before the name's first octet, for its first pointer), so each jump
+    goes further back and no octet is read twice: loops, pointers to themselves or forward, and
+    overlapping tricks raise :class:`IntegrityError`, as does a name of more than
+    :data:`MAX_NAME_STEPS` labels and pointers.  Encoders only ever point at names written
+    earlier, which meet both rules.
     """
-    labels, after = _decode_labels(buf, offset, len(buf) if end is None else end)
-    return labels_to_name(labels), after
+    text, _, after = _Names(buf, cache=False).read(offset, len(buf) if end is None else end)
+    return text, after
 
 
-def _decode_labels(buf: BytesLike, offset: int, end: int) -> tuple[list[bytes], int]:
-    labels: list[bytes] = []
-    pos = offset
-    lowest = offset
-    after = -1
-    wire = 1
-    while True:
-        if pos >= end:
-            raise IntegrityError(_PROTO, f"name at {offset} runs past the end ({end})")
-        length = buf[pos]
-        kind = length & 0xC0
-        if kind == 0xC0:
-            if pos + 1 >= end:
-                raise IntegrityError(_PROTO, f"compression pointer at {pos} cut short")
-            target = ((length & 0x3F) << 8) | buf[pos + 1]
-            if after < 0:
-                after = pos + 2
-            if target >= lowest:
-                raise IntegrityError(_PROTO, f"compression pointer at {pos} to {target} does not point backwards")
-            lowest = pos = target
-            continue
-        if kind:
-            raise IntegrityError(_PROTO, f"label type {kind:#04x} at {pos} (only 0x00 and pointers exist)")
-        if length == 0:
-            return labels, (pos + 1 if after < 0 else after)
-        if pos + 1 + length > end:
-            raise IntegrityError(_PROTO, f"label at {pos} of {length} octets runs past the end ({end})")
-        wire += 1 + length
-        if wire > MAX_NAME_LEN:
-            raise IntegrityError(_PROTO, f"name at {offset} longer than {MAX_NAME_LEN} octets")
-        labels.append(bytes(buf[pos + 1 : pos + 1 + length]))
-        pos += 1 + length
+# A suffix already read: text, uncompressed wire form, steps (labels, pointers, root), the end of
+# its first part (up to and including its first pointer or the root) and the end of the part that
+# pointer leads to (0 if none).  The two ends are what a name reusing it must check.
+_Suffix: TypeAlias = tuple[str, bytes, int, int, int]
+_ROOT: tuple[str, bytes] = (".", b"\x00")
+
+
+class _Names:
+    """Reads the names of one buffer; with ``cache``, every suffix it has read is kept by offset.
+
+    The cache bounds the work for a whole message: once inside a pointer's target, reaching an
+    offset read before (by any earlier name) takes the rest of the name from the cache.  Each
+    octet is then walked at most once through pointers in the whole message and once in place
+    (in-place parts of different names never overlap: fields follow each other), so ``steps``,
+    the octets actually walked, stays below twice the message length.  Cached or not, a name
+    decodes to the same text or fails: the checks a cached suffix would have made against the
+    name that reuses it are made on its two stored ends.
+    """
+
+    __slots__ = ("buf", "cache", "size", "steps")
+
+    def __init__(self, buf: BytesLike, *, cache: bool) -> None:
+        self.buf = buf
+        self.size = len(buf)
+        self.cache: dict[int, _Suffix] | None = {} if cache else None
+        self.steps = 0
+
+    def read(self, offset: int, end: int, *, wire_form: bool = False) -> tuple[str, bytes, int]:
+        """(text, uncompressed wire form, offset after) of the name at ``offset``, in place within ``end``.
+
+        Without a cache the wire form is only built when ``wire_form`` is asked for (else ``b""``).
+        """
+        buf = self.buf
+        cache = self.cache
+        pos = offset
+        limit = min(end, self.size)
+        lowest = offset  # where the part being read started
+        after = -1
+        labels: list[bytes] = []
+        walked: list[int] = []  # offsets of the labels, and (as ~offset) of the pointers, in order
+        wire = 1
+        hit: _Suffix | None = None
+        while True:
+            if after >= 0 and cache is not None:
+                hit = cache.get(pos)
+                if hit is not None:
+                    break
+            if pos >= limit:
+                raise IntegrityError(_PROTO, f"name at {offset} runs past the end ({limit})")
+            self.steps += 1
+            length = buf[pos]
+            if length == 0:
+                break
+            if len(walked) >= MAX_NAME_STEPS - 1:  # this step and the root, at least, are still to come
+                raise IntegrityError(_PROTO, f"name at {offset} takes more than {MAX_NAME_STEPS} steps")
+            kind = length & 0xC0
+            if kind == 0xC0:
+                if pos + 1 >= limit:
+                    raise IntegrityError(_PROTO, f"compression pointer at {pos} cut short")
+                target = ((length & 0x3F) << 8) | buf[pos + 1]
+                if target >= lowest:
+                    raise IntegrityError(_PROTO, f"compression pointer at {pos} to {target} does not point backwards")
+                if after < 0:
+                    after = pos + 2
+                walked.append(~pos)
+                limit = lowest
+                lowest = pos = target
+                continue
+            if kind:
+                raise IntegrityError(_PROTO, f"label type {kind:#04x} at {pos} (only 0x00 and pointers exist)")
+            if pos + 1 + length > limit:
+                raise IntegrityError(_PROTO, f"label at {pos} of {length} octets runs past the end ({limit})")
+            wire += 1 + length
+            if wire > MAX_NAME_LEN:
+                raise IntegrityError(_PROTO, f"name at {offset} longer than {MAX_NAME_LEN} octets")
+            walked.append(pos)
+            labels.append(bytes(buf[pos + 1 : pos + 1 + length]))
+            pos += 1 + length
+        if hit is not None:
+            text, tail, steps, first_end, next_end = hit
+            if first_end > limit or next_end > lowest:
+                raise IntegrityError(_PROTO, f"name at {offset}: a pointer leads to a part that is not before it")
+            if len(walked) + steps > MAX_NAME_STEPS:
+                raise IntegrityError(_PROTO, f"name at {offset} takes more than {MAX_NAME_STEPS} steps")
+            if wire - 1 + len(tail) > MAX_NAME_LEN:
+                raise IntegrityError(_PROTO, f"name at {offset} longer than {MAX_NAME_LEN} octets")
+        else:
+            jumped = after >= 0
+            if not jumped:
+                after = pos + 1
+            if cache is None:  # one name: nothing worth keeping, join once
+                if not labels:
+                    return ".", b"\x00", after
+                text = ".".join(map(_label_to_text, labels))
+                if not wire_form:
+                    return text, b"", after
+                if not jumped:  # all in place: the wire form is the octets themselves
+                    return text, bytes(buf[offset:after]), after
+                return text, b"".join(bytes((len(label),)) + label for label in labels) + b"\x00", after
+            text, tail = _ROOT
+            steps, first_end, next_end = 1, pos + 1, 0
+            cache[pos] = (text, tail, steps, first_end, next_end)
+        assert cache is not None  # a hit needs one
+        i = len(labels)
+        for at in reversed(walked):
+            steps += 1
+            if at < 0:
+                next_end, first_end = first_end, ~at + 2
+                at = ~at
+            else:
+                i -= 1
+                label = labels[i]
+                piece = _label_to_text(label)
+                text = piece if text == "." else piece + "." + text
+                tail = bytes((len(label),)) + label + tail
+            cache[at] = (text, tail, steps, first_end, next_end)
+        return text, tail, after
 
 
 # --------------------------------------------------------------------------- header
@@ -397,12 +509,7 @@ class DnsQuestion:
 
     @classmethod
     def parse(cls, buf: BytesLike, offset: int, end: int | None = None) -> tuple[DnsQuestion, int]:
-        end = len(buf) if end is None else end
-        name, pos = decode_name(buf, offset, end)
-        if pos + 4 > end:
-            raise IntegrityError(_PROTO, f"question at {offset} cut short")
-        qtype, qclass = _QUESTION.unpack_from(buf, pos)
-        return cls(name=name, qtype=qtype, qclass=qclass), pos + 4
+        return _read_question(_Names(buf, cache=False), offset, len(buf) if end is None else end)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -432,27 +539,62 @@ class DnsRecord:
 
     @classmethod
     def parse(cls, buf: BytesLike, offset: int, end: int | None = None) -> tuple[DnsRecord, int]:
-        end = len(buf) if end is None else end
-        name, pos = decode_name(buf, offset, end)
-        if pos + _RR.size > end:
-            raise IntegrityError(_PROTO, f"record at {offset} cut short")
-        rtype, rclass, ttl, rdlength = _RR.unpack_from(buf, pos)
-        start = pos + _RR.size
-        stop = start + rdlength
-        if stop > end:
-            raise IntegrityError(_PROTO, f"RDLENGTH {rdlength} at {pos} runs past the end ({end})")
-        layout = _RDATA_NAMES.get(rtype)
-        rdata = bytes(buf[start:stop]) if layout is None else _expand_rdata(buf, start, stop, layout)
-        return cls(name=name, rtype=rtype, rclass=rclass, ttl=ttl, rdata=rdata), stop
+        return _read_record(_Names(buf, cache=False), offset, len(buf) if end is None else end)
 
 
-def _expand_rdata(buf: BytesLike, start: int, stop: int, layout: tuple[int | str, ...]) -> bytes:
+# Decoding builds questions and records without __post_init__: names read from the wire are valid
+# by construction and the integers came out of a struct, and re-validating every name would cost
+# a walk over its text per record (what the bounded decoder exists to avoid).
+_set = object.__setattr__
+
+
+def _read_question(names: _Names, offset: int, end: int) -> tuple[DnsQuestion, int]:
+    name, _, pos = names.read(offset, end)
+    if pos + 4 > end:
+        raise IntegrityError(_PROTO, f"question at {offset} cut short")
+    qtype, qclass = _QUESTION.unpack_from(names.buf, pos)
+    q = object.__new__(DnsQuestion)
+    _set(q, "name", name)
+    _set(q, "qtype", qtype)
+    _set(q, "qclass", qclass)
+    return q, pos + 4
+
+
+def _read_record(names: _Names, offset: int, end: int) -> tuple[DnsRecord, int]:
+    buf = names.buf
+    name, _, pos = names.read(offset, end)
+    if pos + _RR.size > end:
+        raise IntegrityError(_PROTO, f"record at {offset} cut short")
+    rtype, rclass, ttl, rdlength = _RR.unpack_from(buf, pos)
+    start = pos + _RR.size
+    stop = start + rdlength
+    if stop > end:
+        raise IntegrityError(_PROTO, f"RDLENGTH {rdlength} at {pos} runs past the end ({end})")
+    layout = _RDATA_NAMES.get(rtype)
+    if layout is None:
+        rdata = bytes(buf[start:stop])
+        size = _RDATA_FIXED.get(rtype)
+        if size is not None and rclass in (CLASS_IN, CLASS_ANY) and rdlength != size:
+            raise SanityError(_PROTO, f"type {rtype} RDATA of {rdlength} octets, not {size}")
+    else:
+        rdata = _expand_rdata(names, start, stop, layout)
+    rr = object.__new__(DnsRecord)
+    _set(rr, "name", name)
+    _set(rr, "rtype", rtype)
+    _set(rr, "rclass", rclass)
+    _set(rr, "ttl", ttl)
+    _set(rr, "rdata", rdata)
+    return rr, stop
+
+
+def _expand_rdata(names: _Names, start: int, stop: int, layout: tuple[int | str, ...]) -> bytes:
+    buf = names.buf
     out = bytearray()
     pos = start
     for part in layout:
         if part == "N":
-            labels, pos = _decode_labels(buf, pos, stop)
-            out += encode_name(labels)
+            _, wire, pos = names.read(pos, stop, wire_form=True)
+            out += wire
         else:
             assert isinstance(part, int)
             if pos + part > stop:
@@ -462,6 +604,16 @@ def _expand_rdata(buf: BytesLike, start: int, stop: int, layout: tuple[int | str
     if pos != stop:
         raise IntegrityError(_PROTO, f"RDATA at {start} has {stop - pos} octets after its last field")
     return bytes(out)
+
+
+def _check_counts(header: DnsHeader, size: int, *, records: bool) -> None:
+    """Refuse counts the message cannot hold, before decoding anything (bounded work, see above)."""
+    need = DNS_HLEN + header.qdcount * _MIN_QUESTION
+    if records:
+        need += (header.ancount + header.nscount + header.arcount) * _MIN_RECORD
+    if need > size:
+        what = "section counts" if records else f"QDCOUNT {header.qdcount}"
+        raise IntegrityError(_PROTO, f"{what} need at least {need} octets, message has {size}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -504,15 +656,18 @@ class DnsMessage:
         end = resolve_end(_PROTO, buf, offset, end, DNS_HLEN)
         view = memoryview(buf)[offset:end]
         header = DnsHeader.parse(view)
+        size = len(view)
+        _check_counts(header, size, records=True)
+        names = _Names(view, cache=True)
         pos = DNS_HLEN
         questions = []
         for _ in range(header.qdcount):
-            q, pos = DnsQuestion.parse(view, pos)
+            q, pos = _read_question(names, pos, size)
             questions.append(q)
         sections: list[list[DnsRecord]] = [[], [], []]
         for section, count in zip(sections, (header.ancount, header.nscount, header.arcount), strict=True):
             for _ in range(count):
-                rr, pos = DnsRecord.parse(view, pos)
+                rr, pos = _read_record(names, pos, size)
                 section.append(rr)
         return cls(
             id=header.id,
@@ -541,16 +696,23 @@ class DnsMessage:
         return bytes(out)
 
 
-def parse_questions(buf: BytesLike) -> tuple[DnsHeader, tuple[DnsQuestion, ...], int]:
+def parse_questions(buf: BytesLike, *, expect: int | None = None) -> tuple[DnsHeader, tuple[DnsQuestion, ...], int]:
     """Decode the header and the question section only; return them and where the answers start.
 
     What the forwarder needs to match a response to its query without decoding (and so
-    without being able to fail on) the records it passes through untouched.
+    without being able to fail on) the records it passes through untouched.  ``expect``: the
+    only QDCOUNT the caller accepts; any other is a :class:`SanityError` raised before a name
+    is read.  The other counts are not checked (the records are not read).
     """
     header = DnsHeader.parse(buf)
+    count = header.qdcount
+    if expect is not None and count != expect:
+        raise SanityError(_PROTO, f"{count} questions (exactly {expect} expected)")
+    _check_counts(header, len(buf), records=False)
+    names = _Names(buf, cache=count > 1)
     pos = DNS_HLEN
     questions = []
-    for _ in range(header.qdcount):
-        q, pos = DnsQuestion.parse(buf, pos)
+    for _ in range(count):
+        q, pos = _read_question(names, pos, len(buf))
         questions.append(q)
     return header, tuple(questions), pos
