@@ -629,7 +629,7 @@ def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfi
     static: dict[str, list[str]] = {}
     for name, addr in user.dns_static:
         static.setdefault(name, []).append(str(addr))
-    dns_cfg = DnsConfig(upstreams=tuple(upstreams), static=static, host_names={HOST_NAME: host})
+    dns_cfg = DnsConfig(upstreams=tuple(upstreams), static=static, host_names={HOST_NAME: host}, tcp_upstream=True)
     hostfwd = tuple(
         HostForward(f.proto, f.host_addr, f.host_port, user.hostfwd_guest(f).packed, f.guest_port) for f in user.hostfwd
     )

@@ -130,7 +130,9 @@ class UserNetPort(Port):
         self._leases_timer: asyncio.TimerHandle | None = None
         self._udp_buf = bytearray(UDP_BUFSIZE)
         self._udp_view = memoryview(self._udp_buf)
-        self._dns = DnsUpstreams(loop, self._on_dns_answer)
+        dns = cfg.dns_config
+        lifetime = dns.timeout * dns.attempts * max(1, len(dns.upstreams)) + 1 if dns is not None else 10.0
+        self._dns = DnsUpstreams(loop, self._on_dns_answer, lifetime=lifetime)
         self.ping_dropped = 0
         self._dispatch: dict[int, Callable[..., None]] = {
             A.TCP_CONNECT: self._tcp_connect,
@@ -142,6 +144,7 @@ class UserNetPort(Port):
             A.UDP_CLOSE: self._udp_close,
             A.UDP_FWD_REPLY: self._udp_fwd_reply,
             A.DNS_SEND: self._dns_send,
+            A.DNS_FORGET: self._dns.forget,
             A.PING_SEND: self._ping_send,
             A.PING_CLOSE: self._ping_close,
         }

@@ -16,6 +16,7 @@ UDP_SEND           fid, family, (host, port), data: from the flow's socket (crea
 UDP_CLOSE          fid
 UDP_FWD_REPLY      rule index, client (host, port), data: from a UDP hostfwd rule's socket
 DNS_SEND           upstream (host, port), payload, tcp (bool)
+DNS_FORGET         upstream query id: the query is over (answered or given up), close its socket
 PING_SEND          fid, family, destination host, ident, seq, data
 PING_CLOSE         fid
 =================  ===========================================================================
@@ -36,6 +37,7 @@ UDP_FWD_REPLY: Final = 8
 DNS_SEND: Final = 9
 PING_SEND: Final = 10
 PING_CLOSE: Final = 11
+DNS_FORGET: Final = 12
 
 NAMES: Final = {
     TCP_CONNECT: "TCP_CONNECT",
@@ -49,6 +51,7 @@ NAMES: Final = {
     DNS_SEND: "DNS_SEND",
     PING_SEND: "PING_SEND",
     PING_CLOSE: "PING_CLOSE",
+    DNS_FORGET: "DNS_FORGET",
 }
 
 Action: TypeAlias = tuple[Any, ...]

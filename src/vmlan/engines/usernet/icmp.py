@@ -17,7 +17,7 @@ from vmlan.engines.usernet import actions as A
 from vmlan.engines.usernet.flows import Flow
 from vmlan.wire import BytesLike
 from vmlan.wire.checksum import internet_checksum
-from vmlan.wire.icmp import ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY
+from vmlan.wire.icmp import ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY, ICMP_TIME_EXCEEDED
 
 if TYPE_CHECKING:
     from vmlan.engines.usernet.core import Core
@@ -119,6 +119,12 @@ class Icmp:
         guest sent, or its first 28 bytes rebuilt)."""
         quote = bytes(original[:_MAX_QUOTE])
         message = bytearray(_ECHO.pack(ICMP_DEST_UNREACH, code, 0, 0, 0)) + quote
+        message[2:4] = internet_checksum(message).to_bytes(2, "big")
+        self.core.send_ip(src, guest_ip, 1, message)
+        self.core.counters.icmp_errors_sent += 1
+
+    def time_exceeded(self, src: bytes, guest_ip: bytes, code: int, original: BytesLike) -> None:
+        message = bytearray(_ECHO.pack(ICMP_TIME_EXCEEDED, code, 0, 0, 0)) + bytes(original[:_MAX_QUOTE])
         message[2:4] = internet_checksum(message).to_bytes(2, "big")
         self.core.send_ip(src, guest_ip, 1, message)
         self.core.counters.icmp_errors_sent += 1

@@ -115,8 +115,10 @@ class DnsService:
         core = self.core
         for action in actions:
             if isinstance(action, SendUpstream):
-                core.actions.append((A.DNS_SEND, action.upstream, action.payload, getattr(action, "tcp", False)))
+                core.actions.append((A.DNS_SEND, action.upstream, action.payload, action.tcp))
             elif isinstance(action, Reply):
+                if action.upstream_id is not None:
+                    core.actions.append((A.DNS_FORGET, action.upstream_id))
                 client = action.client
                 if client[0] == "udp":
                     core.send_udp(core.dns_ip, 53, client[1], client[2], action.payload)

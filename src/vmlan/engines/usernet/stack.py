@@ -24,9 +24,11 @@ from typing import Any
 
 from vmlan.engines.dhcp import DhcpServer, Lease
 from vmlan.engines.dns import DnsForwarder
+from vmlan.engines.reassembly import Ipv4Reassembler
 from vmlan.engines.usernet.actions import Action
 from vmlan.engines.usernet.config import StackConfig
 from vmlan.engines.usernet.core import Core
+from vmlan.engines.usernet.flows import INF
 from vmlan.engines.usernet.guests import Guest
 from vmlan.engines.usernet.icmp import Icmp, PingFlow
 from vmlan.engines.usernet.l3 import ETH_IP, ETH_IP_PORTS, IPV4
@@ -34,8 +36,9 @@ from vmlan.engines.usernet.neighbours import Neighbours
 from vmlan.engines.usernet.services import DhcpService, DnsService, Services
 from vmlan.engines.usernet.tcpnat import TcpFlow, TcpNat
 from vmlan.engines.usernet.udp import Udp, UdpFlow, UdpFwdSession
-from vmlan.wire import BytesLike
+from vmlan.wire import BytesLike, WireError
 from vmlan.wire.checksum import internet_checksum
+from vmlan.wire.ipv4 import Ipv4Header
 from vmlan.wire.vnet import FLAG_DATA_VALID, FLAG_NEEDS_CSUM, Offload
 
 __all__ = ["UserStack"]
@@ -47,8 +50,8 @@ _L4_VOUCHED = FLAG_DATA_VALID | FLAG_NEEDS_CSUM
 
 
 class UserStack:
-    __slots__ = ("core", "counters", "dhcp", "dns", "faults", "flows", "guests", "icmp", "neighbours", "services",
-                 "tcp", "udp")
+    __slots__ = ("_reassembly_timer", "core", "counters", "dhcp", "dns", "faults", "flows", "guests", "icmp",
+                 "neighbours", "reassembly", "services", "tcp", "udp")
 
     def __init__(
         self,
@@ -74,6 +77,10 @@ class UserStack:
         if cfg.dns_config is not None and not cfg.restrict:
             self.dns = DnsService(core, DnsForwarder(cfg.dns_config))
         self.tcp = TcpNat(core, self.icmp, self.dns)
+        limits = cfg.limits
+        self.reassembly = Ipv4Reassembler(max_datagrams_per_owner=limits.frag_datagrams_per_guest,
+                                          max_bytes_per_owner=limits.frag_bytes_per_guest)
+        self._reassembly_timer = core.timer(self._reassembly_expired)
         if self.dhcp is not None:
             for addr in (core.host_ip, core.bcast_ip, _ALL_ONES4):
                 self.services.register_udp(addr, 67, self.dhcp.handle)
@@ -159,17 +166,17 @@ class UserStack:
         if internet_checksum(view[14 : 14 + ihl]) != 0:
             core.counters.bad_ipv4 += 1
             return
-        if frag & 0x3FFF:
-            core.counters.fragments += 1
-            return
         if guest.ip_of.get(mac) != src:
             if src == _ZERO4:
-                if proto != 17 or dport != 67:
+                if proto != 17 or dport != 67 or frag & 0x3FFF:
                     core.counters.bad_source += 1
                     return
             elif not core.guests.source_ok(guest, mac, src):
                 core.counters.bad_source += 1
                 return
+        if frag & 0x3FFF:
+            self._fragment(guest, mac, frame, now)
+            return
         l4 = view[14 + ihl : end]
         if ihl != 20 and len(l4) >= 4:
             sport = (l4[0] << 8) | l4[1]
@@ -186,6 +193,29 @@ class UserStack:
             self.icmp.input(guest, src, dst, l4, vouched, now)
         else:
             core.counters.unsupported += 1
+
+    def _fragment(self, guest: Guest, mac: bytes, frame: BytesLike, now: float) -> None:
+        """A fragment (already identity-checked): reassemble within the guest's share, then go on."""
+        core = self.core
+        core.counters.fragments += 1
+        try:
+            header, start, end = Ipv4Header.parse(frame, 14)
+        except WireError:
+            core.counters.bad_ipv4 += 1
+            return
+        datagram = self.reassembly.feed(guest, header, memoryview(frame)[start:end], now)
+        deadline = self.reassembly.get_timer()
+        core.flows.arm(self._reassembly_timer, deadline if deadline is not None else INF)
+        if datagram is not None:
+            self._ipv4(guest, mac, bytes(frame[:14]) + datagram, None, now)
+
+    def _reassembly_expired(self, now: float) -> None:
+        core = self.core
+        for expired in self.reassembly.handle_timer(now):
+            if len(expired.quote) >= 28:  # RFC 792: time exceeded in reassembly, to the sender
+                self.icmp.time_exceeded(core.host_ip, expired.quote[12:16], 1, expired.quote)
+        deadline = self.reassembly.get_timer()
+        core.flows.arm(self._reassembly_timer, deadline if deadline is not None else INF)
 
     def _udp(self, guest: Guest, mac: bytes, src: bytes, dst: bytes, sport: int, dport: int, l4: memoryview,
              vouched: bool, now: float) -> None:
@@ -218,6 +248,7 @@ class UserStack:
         guest = self.guests.forget(port)
         if guest is None:
             return
+        self.reassembly.forget_owner(guest)
         for fid in list(guest.flows):
             flow = self.flows.get(fid)
             try:
