@@ -848,14 +848,15 @@ class VdeClient:
         self.port = None
         if self._closing:
             return
-        if self.cfg.reconnect_ms:
+        if self.on_gone is not None:  # the owner reports it (vmlan plug exits)
+            self.on_gone(why)
+        elif self.cfg.reconnect_ms:
             log.warning("%s: the switch went away (%s); redialling every %d ms", self.label, why,
                         self.cfg.reconnect_ms)
-            self._schedule_retry()
         else:
             log.warning("%s: the switch went away (%s); the link is down", self.label, why)
-        if self.on_gone is not None:
-            self.on_gone(why)
+        if self.cfg.reconnect_ms:
+            self._schedule_retry()
 
     def close(self) -> None:
         self._closing = True
