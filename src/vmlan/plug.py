@@ -17,7 +17,7 @@ in every length up to 65535 is taken. Frames shorter than an Ethernet header are
 and vde_switch drop them.
 
 The options are vde_plug's: ``-g`` the group of the data socket, ``-m`` its mode (octal, default
-0700), ``--port`` the switch port to ask for, ``-D`` the description the switch shows. ``vmlan plug``
+0700), ``--port`` the switch port to ask for, ``-D`` the description the switch shows (followed by ``user=`` and ``pid=``, as libvdeplug adds them). ``vmlan plug``
 ends with status 0 at EOF on stdin or when stdout is closed, 1 when the switch cannot be joined or goes
 away (one line on stderr), 2 on a bad option.
 
@@ -66,7 +66,7 @@ and carries its frames on stdin/stdout with vde_plug's framing (2-byte big-endia
   -g, --group GROUP   group of the data socket
   -m, --mod MODE      mode of the data socket, octal (default 0700)
   --port N            ask the switch for port N (default: any)
-  -D, --descr DESCR   the description the switch shows for this port
+  -D, --descr DESCR   the description the switch shows for this port (user= and pid= are added)
   -v, --verbose       log connections on stderr; -q, --quiet: only errors
 """
 
@@ -268,7 +268,7 @@ def parse_plug_args(argv: list[str]) -> tuple[VdeNetdev, str, int]:
         cfg = parse_vde_netdev(parse_qemuopts(",".join(f"{k}={v.replace(',', ',,')}" for k, v in pairs)))
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("Parameter 'mode'", "option '-m'")) from None
-    return cfg, descr or description("vmlan plug:"), verbosity
+    return cfg, description(descr or "vmlan plug:"), verbosity
 
 
 def _setup_logging(verbosity: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -632,7 +633,7 @@ def test_plug_process_joins_a_switch_and_ends_cleanly(lt, tmp_path):
     p = plug("-D", "test plug", str(sockdir))
     try:
         port = wait_for(lambda: srv.ports and srv.ports[0], timeout=20, what="the plug's port")
-        assert port.describe() == "port 1: test plug"
+        assert port.describe().startswith("port 1: test plug user=")
         f = eth(BCAST, A, b"through the plug")
         p.stdin.write(framed(f))
         p.stdin.flush()
@@ -675,7 +676,8 @@ def test_plug_exits_1_when_the_switch_goes_and_2_on_a_bad_option(lt, tmp_path):
 
 def test_plug_arguments():
     cfg, descr, verbosity = parse_plug_args(["-m", "660", "--port=3", "-g", "0", "-D", "mine", "-v", "/tmp/a,b"])
-    assert (cfg.sock, cfg.mode, cfg.port, cfg.gid, descr, verbosity) == ("/tmp/a,b", 0o660, 3, 0, "mine", 1)
+    assert (cfg.sock, cfg.mode, cfg.port, cfg.gid, verbosity) == ("/tmp/a,b", 0o660, 3, 0, 1)
+    assert descr.startswith(f"mine user={pwd.getpwuid(os.getuid()).pw_name} pid={os.getpid()}")
     cfg, descr, _ = parse_plug_args([])
     assert cfg.sock == "" and cfg.mode == 0o700 and descr.startswith("vmlan plug: user=")
     for argv, message in ((["--bogus"], "unrecognized option '--bogus'"), (["a", "b"], "one switch directory only"),

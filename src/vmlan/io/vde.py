@@ -655,8 +655,13 @@ _sockno = itertools.count()
 
 
 def description(tag: str) -> str:
-    """What libvdeplug sends: ``<tag> user=<login> pid=<pid>`` (vdeplug4 4.0.1 writes pid= in lower case)."""
-    return f"{tag} user={_login()} pid={os.getpid()}"
+    """What libvdeplug sends: ``<tag> user=<login> pid=<pid>[ SSH=<client address>]`` (vdeplug4 4.0.1
+    writes pid= in lower case); the switch shows it for the port."""
+    text = f"{tag} user={_login()} pid={os.getpid()}"
+    ssh = os.environ.get("SSH_CLIENT", "")
+    if ssh:
+        text += f" SSH={ssh.split(' ', 1)[0]}"
+    return text
 
 
 def _bind_data_socket(sock: socket.socket, directory: str) -> str:
