@@ -17,7 +17,8 @@ in every length up to 65535 is taken. Frames shorter than an Ethernet header are
 and vde_switch drop them.
 
 The options are vde_plug's: ``-g`` the group of the data socket, ``-m`` its mode (octal, default
-0700), ``--port`` the switch port to ask for, ``-D`` the description the switch shows (followed by ``user=`` and ``pid=``, as libvdeplug adds them). ``vmlan plug``
+0700), ``--port`` the switch port to ask for, ``-D`` the description the switch shows (followed by
+``user=`` and ``pid=``, as libvdeplug adds them). ``vmlan plug``
 ends with status 0 at EOF on stdin or when stdout is closed, 1 when the switch cannot be joined or goes
 away (one line on stderr), 2 on a bad option.
 
@@ -97,11 +98,17 @@ class StdioPort(Port):
     def describe(self) -> str:
         return "stdin/stdout"
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Make both fds non-blocking (restored at close); frames for stdout can be taken from now on."""
         for fd in {self._rfd, self._wfd}:
-            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-            self._saved_flags[fd] = flags
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            if fd not in self._saved_flags:
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                self._saved_flags[fd] = flags
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+    def start(self) -> None:
+        """Start reading stdin."""
+        self.open()
         try:
             self._loop.add_reader(self._rfd, self._on_readable)
         except PermissionError:  # epoll refuses regular files
@@ -319,13 +326,16 @@ def run_plug(cfg: VdeNetdev, descr: str, rfd: int = 0, wfd: int = 1) -> int:
     try:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, finish, 0)
+        # stdout is on the hub before the switch answers: frames that arrive as soon as the port
+        # exists are written out, not lost. stdin is read once the switch can take its frames.
+        stdio.open()
+        hub.attach(stdio)
         try:
             loop.run_until_complete(client.start())
         except LinkError as exc:
             why = str(exc).removeprefix(f"-netdev vde,id={cfg.id}: Could not open vde: ")
             sys.stderr.write(f"vmlan plug: cannot join {where}: {why}\n")
             return 1
-        hub.attach(stdio)
         try:
             stdio.start()
         except OSError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -171,6 +172,7 @@ class VdeSwitch:
         self.proc = procs.start(["vde_switch", "-x", "-s", str(sockdir)], stderr=subprocess.DEVNULL)
         wait_for(lambda: (sockdir / "ctl").exists() or self.proc.poll() is not None, what="vde_switch's ctl")
         assert self.proc.poll() is None, "vde_switch exited"
+        self.ports()  # vde_switch binds ctl before it listens: its console answers once it is ready
 
     def ports(self) -> str:
         """The switch's own list of ports, endpoints, descriptions and counters."""
@@ -201,25 +203,23 @@ def receive(p: subprocess.Popen[bytes], timeout: float = 10.0) -> bytes:
     """One frame from a vde_plug's stdout (2-byte big-endian length framing)."""
     assert p.stdout is not None
     fd = p.stdout.fileno()
-    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
 
-    def read() -> None:
-        head = os.read(fd, 2)
-        while len(head) < 2:
-            head += os.read(fd, 2 - len(head))
-        (size,) = STDIO_HEADER.unpack(head)
-        body = b""
-        while len(body) < size:
-            chunk = os.read(fd, size - len(body))
-            assert chunk, "EOF in a frame"
-            body += chunk
-        out.append(body)
+    def read_exact(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, left))
+            if not ready:
+                raise AssertionError(f"no frame from pid {p.pid} within {timeout} s (got {data!r})")
+            chunk = os.read(fd, n - len(data))
+            if not chunk:
+                raise AssertionError(f"EOF from pid {p.pid} (exit status {p.poll()})")
+            data += chunk
+        return data
 
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert out, f"no frame from pid {p.pid} within {timeout} s"
-    return out[0]
+    (size,) = STDIO_HEADER.unpack(read_exact(2))
+    return read_exact(size)
 
 
 def test_vmlan_joins_a_real_vde_switch_as_a_client(vmlan, procs, tmp_path):

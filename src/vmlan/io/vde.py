@@ -443,11 +443,22 @@ class VdeServer:
         self._remove_stale_ctl()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = sock
-        sock.bind(self.ctl_path)
-        os.chmod(self.ctl_path, cfg.mode)
-        os.chown(self.ctl_path, -1, gid)
-        sock.listen(15)
-        sock.setblocking(False)
+        # Published only once it listens (vde_switch binds ctl first: a client that sees the file
+        # early is refused): bound under a temporary name, then renamed into place.
+        staging = os.path.join(self.dir, f".ctl-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        sock.bind(staging)
+        try:
+            os.chmod(staging, cfg.mode)
+            os.chown(staging, -1, gid)
+            sock.listen(15)
+            sock.setblocking(False)
+            os.rename(staging, self.ctl_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+            raise
 
     def _remove_stale_ctl(self) -> None:
         """A live switch keeps its ctl; a dead one's socket file is removed (as vde_switch's still_used)."""
