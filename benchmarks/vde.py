@@ -18,6 +18,7 @@ that server on its own (SIGUSR1 prints its ports' counters, SIGTERM stops it).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -81,9 +82,14 @@ def serve(sockdir: str, mode: str) -> int:
     loop = new_event_loop()
     hub = make_lan(0, mode)
     server = VdeServer(parse_vde_netdev(parse_qemuopts(f"vde,id=sw,sock={sockdir},server=on")), hub, loop)
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def stopping() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signum, stopping)
     loop.add_signal_handler(signal.SIGUSR1,
                             lambda: sys.stderr.write("\n".join(["hub 0", *_port_lines(server.ports)]) + "\n"))
     server.start()

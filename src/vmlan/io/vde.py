@@ -304,7 +304,6 @@ class VdePort(Port):
         if self._closed:
             return
         self._closed = True
-        self.counters.tx_dropped += len(self._queue)
         self._queue.clear()
         self._queued_bytes = 0
         with contextlib.suppress(ValueError, OSError):
