@@ -630,11 +630,16 @@ class TcpConnection:
         A window update is sent at once only when it matters (the window at least doubles and grows by
         ``min(buffer/2, MSS)``, Linux's rule); otherwise the new window rides on the next ACK.
         """
-        if n < 0 or n > self._rcv_unconsumed:
-            raise ValueError(f"consume({n}) but only {self._rcv_unconsumed} bytes are unconsumed")
-        self._rcv_unconsumed -= n
-        if self._state in RECEIVING:
-            self._maybe_window_update()
+        unconsumed = self._rcv_unconsumed
+        if n < 0 or n > unconsumed:
+            raise ValueError(f"consume({n}) but only {unconsumed} bytes are unconsumed")
+        unconsumed -= n
+        self._rcv_unconsumed = unconsumed
+        if self._state in RECEIVING:  # _maybe_window_update(), inlined: this runs once per segment
+            cur = self._rcv_adv - self._rcv_nxt
+            free = self._rcv_limit - unconsumed
+            if free - cur >= self._sws_thresh and free >= 2 * cur and cur < self._max_wnd:
+                self._ack_now = True
 
     def _maybe_window_update(self) -> None:
         cur = self._rcv_adv - self._rcv_nxt
@@ -852,7 +857,7 @@ class TcpConnection:
                     self._rcv_nxt = rcv_nxt + plen
                     self._rcv_unconsumed += plen
                     c.bytes_in += plen
-                    if self._ooo or self._ooo_fin is not None:
+                    if self._ooo.nbytes or self._ooo_fin is not None:
                         self._gap_filled(plen, now)
                     else:
                         segs = self._segs_unacked + (2 if plen > self._mss else 1)
@@ -1023,7 +1028,7 @@ class TcpConnection:
         self._rcv_nxt += n
         self._rcv_unconsumed += n
         self.counters.bytes_in += n
-        if self._ooo or self._ooo_fin is not None:
+        if self._ooo.nbytes or self._ooo_fin is not None:
             self._gap_filled(n, now)
             return
         segs = self._segs_unacked + (2 if n > self._mss else 1)
@@ -1248,20 +1253,49 @@ class TcpConnection:
             count += k
         dupacks = self._dupacks_out
         if dupacks or (self._ack_now and not fresh and state != SYN_SENT):
-            if win < 0:
-                win = self._window()
-            header = self._header(self._ack_seq(), ACK, win)
-            k = dupacks if dupacks < _MAX_DUP_ACKS_OUT else _MAX_DUP_ACKS_OUT
-            if k < 1:
-                k = 1
-            self.counters.segments_out += k
-            count += k
-            self._clear_ack_state()
-            for _ in range(k):
-                emit(header, b"")
-        elif fresh:
+            header = self._ack_header(win)
+            self._ack_now = False
+            self._dupacks_out = 0
+            self._segs_unacked = 0
+            self._t_delack = None
+            if dupacks > 1:
+                k = dupacks if dupacks < _MAX_DUP_ACKS_OUT else _MAX_DUP_ACKS_OUT
+                self.counters.segments_out += k
+                for _ in range(k):
+                    emit(header, b"")
+                return count + k
+            self.counters.segments_out += 1
+            emit(header, b"")
+            return count + 1
+        if fresh:
             self._clear_ack_state()
         return count
+
+    def _ack_header(self, win: int) -> bytes:
+        """A pure ACK: ``_header(_ack_seq(), ACK, win)`` in one call (``win`` < 0: compute it)."""
+        rcv_nxt = self._rcv_nxt
+        if win < 0:  # _window(), inlined
+            cur = self._rcv_adv - rcv_nxt
+            free = self._rcv_limit - self._rcv_unconsumed
+            if free - cur >= self._sws_thresh:
+                cur = free if free < self._max_wnd else self._max_wnd
+                self._rcv_adv = rcv_nxt + cur
+            if cur <= 0:
+                win = 0
+            else:
+                win = cur >> self._rcv_wscale
+                if win == 0 and free > 0:
+                    win = 1
+                    self._rcv_adv = rcv_nxt + (1 << self._rcv_wscale)
+        una = self._snd_una
+        seq = self._snd_max
+        edge = una + self._snd_wnd
+        if seq > edge:
+            seq = edge if edge > una else una
+        seq &= _M32
+        ack = rcv_nxt & _M32
+        s = self._csum_base + 0x5010 + 20 + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + win
+        return _HDR_OUT.pack(self._ports_out, seq, ack, 0x5010, win, -s % 0xFFFF, 0)
 
     def _clear_ack_state(self) -> None:
         self._ack_now = False
