@@ -1435,9 +1435,9 @@ class TcpConnection:
         self, emit: Emit, start: int, sizes: list[int], win: int, last_flags: int, now: float
     ) -> tuple[int, bool]:
         """Emit consecutive data segments from ``start`` (unwrapped) of the given payload sizes; the last
-        gets ``last_flags``, the others ACK. Updates SND.MAX, the counters and RTT timing for every
-        segment actually emitted (also when ``emit`` raises; SND.NXT is the caller's). Returns the
-        sequence number after the run and whether any of it was new data."""
+        gets ``last_flags``, the others ACK. Updates SND.NXT/SND.MAX, the counters, the RTO and RTT
+        timing for every segment actually emitted, also when ``emit`` raises. Returns the sequence
+        number after the run and whether any of it was new data."""
         base = self._buf_seq
         buf = self._sndbuf
         k = len(sizes)
@@ -1492,6 +1492,10 @@ class TcpConnection:
                         snd_max = seq
         finally:
             self._snd_max = snd_max
+            if seq > self._snd_nxt:  # a fast retransmission (below SND.NXT) leaves it alone
+                self._snd_nxt = seq
+            if seq > start and self._t_rto is None:
+                self._t_rto = now + rtt.rto  # what went out before an exception is timed too
         return seq, fresh
 
     # -- introspection --------------------------------------------------------------------------------------

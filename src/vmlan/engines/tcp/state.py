@@ -199,6 +199,7 @@ def _build() -> dict[tuple[str, Input], Transition]:
     row(SYN_SENT, Input.RST, Transition(CLOSED, (Do.PEER_RESET,), "refused"))
     row(SYN_SENT, Input.SEGMENT, Transition(SYN_SENT, (Do.DROP,)))
     row(SYN_SENT, Input.SHUTDOWN, Transition(SYN_SENT, (Do.QUEUE_FIN,)))
+    row(SYN_SENT, Input.ACCEPT, Transition(SYN_SENT, (Do.MISUSE,)))  # nothing to accept: we opened it
     row(SYN_SENT, (Input.ABORT, Input.REFUSE), Transition(CLOSED, (), "aborted"))  # nothing to reset yet
     row(SYN_SENT, Input.SYN_RETRY_LIMIT, Transition(CLOSED, (), "syn timeout"))
 
