@@ -169,7 +169,7 @@ def test_ipv6_handshake_data_and_checksums_agree_with_scapy() -> None:
         IPv6(src=g, dst=h) / TCP(sport=PORT_B, dport=PORT_A, seq=GISN + 1, ack=ISN + 1, flags="PA") / (b"v6!" * 500)
     )
     conn.receive_segment(data[40:], 0.2)
-    assert conn.take_data() == b"v6!" * 500
+    assert conn.take_data() == bytearray(b"v6!" * 500)
     conn.send(bytes(range(256)) * 20, 0.2)
     out = conn.segments_to_send(0.2)
     assert out and all(scapy6_checksum_ok(s, IP6_A, IP6_B) for s in out)
@@ -394,7 +394,7 @@ def test_take_data_hands_over_the_buffer_and_next_event_then_reports_no_data() -
     conn.receive_segment(data_from_guest(conn, 16, b"!", ACK | FIN), 1.1)  # out of order, with FIN
     conn.receive_segment(data_from_guest(conn, 11, b"again"), 1.1)
     assert first == b"hello world"  # the handed-over buffer is the caller's: later data goes elsewhere
-    assert conn.take_data() == b"again!"
+    assert conn.take_data() == bytearray(b"again!")
     assert events(conn) == [EndOfStream()]  # no DataReceived: those bytes were taken
     conn.consume(17)
     assert conn.unconsumed == 0
@@ -467,7 +467,7 @@ def test_a_gro_segment_larger_than_the_mss_is_accepted_in_window_and_acked_at_on
     conn = passive(TcpParams(mss=1460))
     big = random.Random(10).randbytes(40_000)
     conn.receive_segment(data_from_guest(conn, 0, big), 1.0)
-    assert conn.take_data() == big
+    assert conn.take_data() == bytearray(big)
     (ack,) = conn.segments_to_send(1.0)  # no delayed ACK: it stands for many segments
     assert parse(ack)[0].ack == GISN + 1 + 40_000
     small = passive(TcpParams(rcv_buffer=30_000))
@@ -483,7 +483,7 @@ def test_verified_skips_the_checksum() -> None:
     conn.receive_segment(bytes(bad), 1.0)
     assert conn.counters.bad_checksum == 1 and conn.take_data() is None
     conn.receive_segment(memoryview(bad), 1.0, verified=True)
-    assert conn.take_data() == b"payload"
+    assert conn.take_data() == bytearray(b"payload")
 
 
 # -- buffer limits ----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import pathlib
 import struct
+from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -253,7 +254,7 @@ class Checker:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(state=st.sampled_from(STATES), script=inputs)
-def test_random_inputs_in_every_state_change_state_only_through_the_table(state: str, script: list) -> None:
+def test_random_inputs_in_every_state_change_state_only_through_the_table(state: str, script: list[Any]) -> None:
     conn = connection_in(state)
     check = Checker(conn)
     check.closed = state == CLOSED  # its Closed event was drained already
