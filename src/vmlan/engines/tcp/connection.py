@@ -841,14 +841,14 @@ class TcpConnection:
                 una = self._snd_una
                 snd_wnd = self._snd_wnd
                 if plen and wack == una & _M32 and snd_wnd and window << self._snd_wscale == snd_wnd:
-                    # Guest->host bulk: nothing new acknowledged, same window (what _on_ack would conclude).
+                    # Guest->host bulk: nothing new acknowledged, same window (what _on_ack would conclude;
+                    # _probes_unanswered is 0 already: probes count only while the window is zero).
                     if self._snd_wl1 <= rcv_nxt:
                         self._snd_wl1 = rcv_nxt
                         self._snd_wl2 = una
                         if self._t_persist is not None:
                             self._t_persist = None
                             self._persist_backoff = 0
-                    self._probes_unanswered = 0
                 elif not self._on_ack(flags, rcv_nxt, wack, window, plen, now):
                     return
                 if plen:
@@ -1235,22 +1235,24 @@ class TcpConnection:
                 emit(header, b"")
             count = len(ctl)
         state = self._state
-        if state in (CLOSED, LISTEN):
-            return count
         if self._syn_pending:
+            if state in (CLOSED, LISTEN):
+                return count
             self._send_syn(now, emit, state)
             return count + 1
         fresh = False
         win = -1
-        if state in SENDING and (
+        if (
             self._snd_nxt < self._buf_seq + len(self._sndbuf)
             or self._fin_seq == self._snd_nxt
             or self._fast_rexmit
             or self._probe_pending
             or self._force_send
-        ):
+        ) and state in SENDING:
             k, fresh, win = self._send_data(now, emit)
             count += k
+        elif state in (CLOSED, LISTEN):
+            return count
         dupacks = self._dupacks_out
         if dupacks or (self._ack_now and not fresh and state != SYN_SENT):
             header = self._ack_header(win)

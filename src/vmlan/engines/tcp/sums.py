@@ -61,16 +61,16 @@ def _load() -> bool:
 def sum16(data: BytesLike) -> int:
     """An integer congruent (mod 0xFFFF) to the RFC 1071 sum of ``data`` as big-endian 16-bit words."""
     n = len(data)
-    if n < NUMPY_MIN_BYTES or (_add_reduce is None and not _load()):
-        if n <= _BIG_INT_MAX:
-            return _from_bytes(data, "big") << ((n & 1) << 3)  # an odd last byte is a word's high half
-        return ones_complement_sum(data)
-    assert _frombuffer is not None and _add_reduce is not None
-    n4 = n >> 2
-    s: int = int(_add_reduce(_frombuffer(data, _U4, n4))) << 8
-    if n & 3:  # the tail starts at a multiple of 4, so its big-endian value keeps the word alignment
-        s += _from_bytes(data[n4 << 2 :], "big") << ((n & 1) << 3)
-    return s
+    if n >= NUMPY_MIN_BYTES and (_add_reduce is not None or _load()):
+        assert _frombuffer is not None and _add_reduce is not None
+        n4 = n >> 2
+        s: int = int(_add_reduce(_frombuffer(data, _U4, n4))) << 8
+        if n & 3:  # the tail starts at a multiple of 4, so its big-endian value keeps the word alignment
+            s += _from_bytes(data[n4 << 2 :], "big") << ((n & 1) << 3)
+        return s
+    if n <= _BIG_INT_MAX:
+        return _from_bytes(data, "big") << ((n & 1) << 3)  # an odd last byte is a word's high half
+    return ones_complement_sum(data)
 
 
 def piece_sums(buf: bytearray, offset: int, size: int, count: int) -> list[int]:
