@@ -1518,7 +1518,7 @@ class TcpConnection:
 
     @property
     def bytes_unacked(self) -> int:
-        """Data bytes queued by :meth:`send` that the guest has not acknowledged (sent or not)."""
+        """Data bytes queued (:meth:`send`, :meth:`fill_from`) that the guest has not acknowledged (sent or not)."""
         return len(self._sndbuf)
 
     @property
