@@ -136,7 +136,7 @@ _HDR_IN = struct.Struct("!IIIBBH")
 _HDR_OUT = struct.Struct("!IIIHHHH")
 _OOO_MAX_BLOCKS: Final = 4096  # out-of-order blocks kept; bounds the list a hostile guest can grow
 _MAX_DUP_ACKS_OUT: Final = 8  # duplicate ACKs emitted per transmit() call
-_ZEROS = memoryview(bytes(1 << 16))  # what fill_from() grows the send buffer with before recv_into
+_KEEP_SNDBUF: Final = 1 << 18  # a send buffer larger than this is released whenever it empties
 _DEFAULT_ISN = IsnGenerator()  # for callers that pass no ISN
 
 
@@ -210,7 +210,9 @@ class TcpConnection:
         "_rx",
         "_segs_unacked",
         "_smss",
+        "_snd_hi",
         "_snd_limit",
+        "_snd_lo",
         "_snd_max",
         "_snd_nxt",
         "_snd_una",
@@ -295,8 +297,12 @@ class TcpConnection:
         self._snd_una = iss
         self._snd_nxt = iss
         self._snd_max = iss
+        # The send buffer: queued bytes are _sndbuf[_snd_lo:_snd_hi], the first of them is sequence number
+        # _buf_seq. The bytearray keeps its length (its capacity): see _reserve().
         self._sndbuf = bytearray()
-        self._buf_seq = iss + 1  # sequence number of _sndbuf[0]
+        self._snd_lo = 0
+        self._snd_hi = 0
+        self._buf_seq = iss + 1
         self._fin_seq: int | None = None  # sequence number of our FIN once shutdown() placed it
         self._snd_wnd = 0
         self._snd_wl1 = 0
@@ -492,7 +498,7 @@ class TcpConnection:
 
     def _do_queue_fin(self, now: float, seg: _Seg) -> None:
         if self._fin_seq is None:
-            self._fin_seq = self._buf_seq + len(self._sndbuf)
+            self._fin_seq = self._buf_seq + self._snd_hi - self._snd_lo
 
     def _do_eof(self, now: float, seg: _Seg) -> None:
         self._rcv_nxt += 1
@@ -541,6 +547,7 @@ class TcpConnection:
         self._ack_now = False
         self._dupacks_out = 0
         self._sndbuf = bytearray()
+        self._snd_lo = self._snd_hi = 0
         self._ooo.clear()
 
     # -- host-side operations -------------------------------------------------------------------------------
@@ -565,7 +572,7 @@ class TcpConnection:
         """How many bytes :meth:`send` (or :meth:`fill_from`) would accept now."""
         if self._state not in CAN_QUEUE or self._fin_seq is not None:
             return 0
-        n = self._snd_limit - len(self._sndbuf)
+        n = self._snd_limit - self._snd_hi + self._snd_lo
         return n if n > 0 else 0
 
     def send(self, data: BytesLike, now: float) -> int:
@@ -578,15 +585,48 @@ class TcpConnection:
             raise TcpStateError("send() after shutdown()")
         if self._state not in CAN_QUEUE:
             return 0
-        n = min(len(data), self._snd_limit - len(self._sndbuf))
+        n = min(len(data), self._snd_limit - self._snd_hi + self._snd_lo)
         if n <= 0:
             return 0
+        self._reserve(n)
+        hi = self._snd_hi
         if n == len(data):
-            self._sndbuf += data
+            self._sndbuf[hi : hi + n] = data
         else:
             with memoryview(data) as view:
-                self._sndbuf += view[:n]
+                self._sndbuf[hi : hi + n] = view[:n]
+        self._snd_hi = hi + n
         return n
+
+    def _reserve(self, n: int) -> None:
+        """Make room for ``n`` more bytes after ``_snd_hi``.
+
+        The buffer is a bytearray of fixed length whose live part moves right as data is acknowledged
+        (an index moves, nothing is copied) and is moved back to the front only when it reaches the
+        end -- a copy of at most half the capacity, from a region that cannot overlap its destination.
+        Deleting the acknowledged prefix instead (``del buf[:k]``) looks O(1) but is not: CPython
+        reallocates and copies a bytearray that shrinks below half its allocation, and again when one
+        whose start has moved grows, which for a sender refilled after every ACK cost ~1 us per ACK.
+        A fixed length also spares :meth:`fill_from` zero-filling the room it lends to ``recv_into``.
+        The capacity grows geometrically up to about twice the send limit."""
+        buf = self._sndbuf
+        lo = self._snd_lo
+        hi = self._snd_hi
+        cap = len(buf)
+        if hi + n <= cap:
+            return
+        live = hi - lo
+        if live + n <= cap >> 1:
+            # lo > cap - n - live >= cap / 2 >= live: [lo, hi) and [0, live) are disjoint.
+            with memoryview(buf) as view:
+                buf[:live] = view[lo:hi]
+        else:
+            new = bytearray(max(2 * (live + n), 1 << 14))
+            with memoryview(buf) as view:
+                new[:live] = view[lo:hi]
+            self._sndbuf = new
+        self._snd_lo = 0
+        self._snd_hi = live
 
     def fill_from(self, reader: Callable[[memoryview], int], limit: int, now: float) -> int:
         """Host bytes for the guest without an intermediate copy: ``reader`` writes them into the send buffer.
@@ -595,8 +635,8 @@ class TcpConnection:
         exactly that region (the I/O layer passes ``sock.recv_into``) and returns how many bytes it
         wrote. Those are kept, the rest is trimmed, and the count is returned -- 0 is the reader's
         (EOF is the caller's business), or there was no room, in which case ``reader`` is not called at
-        all. The view is released before this returns; an exception from ``reader`` propagates after
-        the buffer is trimmed back. ``reader`` must not call back into this connection. Raises
+        all. The view is released before this returns; an exception from ``reader`` propagates and
+        nothing is kept. ``reader`` must not call back into this connection. Raises
         :class:`TcpStateError` after :meth:`shutdown`, like :meth:`send`.
         """
         if self._fin_seq is not None:
@@ -605,23 +645,13 @@ class TcpConnection:
         n = limit if limit < space else space
         if n <= 0:
             return 0
-        buf = self._sndbuf
-        old = len(buf)
-        k = n
-        while k > 0:
-            step = k if k < 65536 else 65536
-            buf += _ZEROS[:step]
-            k -= step
-        try:
-            with memoryview(buf) as whole, whole[old:] as region:
-                got = reader(region)
-            if not 0 <= got <= n:
-                raise ValueError(f"reader returned {got!r} for a {n}-byte buffer")
-        except BaseException:
-            del buf[old:]
-            raise
-        if got < n:
-            del buf[old + got :]
+        self._reserve(n)
+        hi = self._snd_hi
+        with memoryview(self._sndbuf) as whole, whole[hi : hi + n] as region:
+            got = reader(region)
+        if not 0 <= got <= n:
+            raise ValueError(f"reader returned {got!r} for a {n}-byte buffer")
+        self._snd_hi = hi + got  # what the reader did not fill was never part of the data
         return got
 
     def consume(self, n: int) -> None:
@@ -774,7 +804,7 @@ class TcpConnection:
         return min(max(self._rtt.rto, p.rto_min) * (1 << min(self._persist_backoff, 16)), p.rto_max)
 
     def _on_persist(self, now: float) -> None:
-        if self._state not in SENDING or self._buf_seq + len(self._sndbuf) <= self._snd_nxt:
+        if self._state not in SENDING or self._buf_seq + self._snd_hi - self._snd_lo <= self._snd_nxt:
             return
         if self._snd_wnd == 0:
             self._probes_unanswered += 1
@@ -1128,7 +1158,7 @@ class TcpConnection:
             self._t_persist is None
             and self._t_rto is None
             and self._snd_nxt == self._snd_una
-            and self._buf_seq + len(self._sndbuf) > self._snd_nxt
+            and self._buf_seq + self._snd_hi - self._snd_lo > self._snd_nxt
             and self._state in SENDING
         ):
             self._t_persist = now + self._persist_interval()
@@ -1137,11 +1167,18 @@ class TcpConnection:
         una = self._snd_una
         buf_seq = self._buf_seq
         if a > buf_seq:
-            buf = self._sndbuf
-            k = min(a, buf_seq + len(buf)) - buf_seq
+            lo = self._snd_lo
+            hi = self._snd_hi
+            k = min(a - buf_seq, hi - lo)
             if k > 0:
-                del buf[:k]
                 self._buf_seq = buf_seq + k
+                lo += k
+                if lo == hi:  # all acknowledged: start over at the front, let a big buffer go
+                    self._snd_lo = self._snd_hi = 0
+                    if len(self._sndbuf) > _KEEP_SNDBUF:
+                        self._sndbuf = bytearray()
+                else:
+                    self._snd_lo = lo
         self._snd_una = a
         if self._snd_nxt < a:
             self._snd_nxt = a
@@ -1243,7 +1280,7 @@ class TcpConnection:
         fresh = False
         win = -1
         if (
-            self._snd_nxt < self._buf_seq + len(self._sndbuf)
+            self._snd_nxt < self._buf_seq + self._snd_hi - self._snd_lo
             or self._fin_seq == self._snd_nxt
             or self._fast_rexmit
             or self._probe_pending
@@ -1339,8 +1376,7 @@ class TcpConnection:
         sent = fresh = False
         win = -1
         base = self._buf_seq
-        buf = self._sndbuf
-        buf_end = base + len(buf)
+        buf_end = base + self._snd_hi - self._snd_lo
         fin = self._fin_seq
         smss = self._smss
         rtt = self._rtt
@@ -1447,7 +1483,7 @@ class TcpConnection:
         same = k
         while sizes[same - 1] != first:
             same -= 1
-        off = start - base
+        off = self._snd_lo + start - base
         sums = piece_sums(buf, off, first, same)
         if same < k:
             o = off + first * same
@@ -1519,7 +1555,7 @@ class TcpConnection:
     @property
     def bytes_unacked(self) -> int:
         """Data bytes queued (:meth:`send`, :meth:`fill_from`) that the guest has not acknowledged (sent or not)."""
-        return len(self._sndbuf)
+        return self._snd_hi - self._snd_lo
 
     @property
     def unconsumed(self) -> int:
@@ -1529,7 +1565,7 @@ class TcpConnection:
     @property
     def buffered(self) -> int:
         """Bytes this connection holds: send buffer, received but unconsumed, out-of-order."""
-        return len(self._sndbuf) + self._rcv_unconsumed + self._ooo.nbytes
+        return self._snd_hi - self._snd_lo + self._rcv_unconsumed + self._ooo.nbytes
 
     def __repr__(self) -> str:
         la, lp = self.local
