@@ -570,3 +570,41 @@ def test_send_limit_and_buffered() -> None:
     assert conn.buffered == 10_000 + 8 + 12
     with pytest.raises(ValueError):
         conn.set_buffer_limits(-1, 0)
+
+
+# -- the send buffer -------------------------------------------------------------------------------------------
+
+
+def test_send_buffer_compacts_grows_and_lets_go_when_empty() -> None:
+    """Partial ACKs and refills in every proportion: the stream stays intact through the buffer's
+    compactions and growths, and an emptied big buffer is released (white-box: its capacity)."""
+    rng = random.Random(11)
+    conn = passive(TcpParams(snd_buffer=300_000), options=TcpOptions(mss=1460, wscale=14))
+    conn.set_tso(65535)
+    source = rng.randbytes(3_000_000)
+    queued = sent = acked = 0
+    received = bytearray()
+    while acked < len(source):
+        room = conn.send_space()
+        if room and queued < len(source):
+            n = min(room, rng.choice([1, 100, 5000, 70_000, room]), len(source) - queued)
+            if rng.random() < 0.5:
+                queued += conn.send(memoryview(source)[queued : queued + n], 1.0)
+            else:
+
+                def reader(view: memoryview, at: int = queued) -> int:
+                    k = min(len(view), rng.choice([len(view), 1, 999]))
+                    view[:k] = source[at : at + k]
+                    return k
+
+                queued += conn.fill_from(reader, n, 1.0)
+        for s in conn.segments_to_send(1.0):
+            _, payload = parse(s)
+            received += payload
+            sent += len(payload)
+        acked = min(sent, acked + rng.choice([1, 1460, 30_000, 1 << 20]))
+        conn.receive_segment(ack_from_guest(conn, acked, window=0xFFFF), 1.0)
+        assert conn.bytes_unacked == queued - conn.bytes_acked
+        assert len(conn._sndbuf) <= 2 * (300_000 + 70_000)  # bounded by about twice the limit
+    assert bytes(received) == source and conn.bytes_acked == len(source)
+    assert len(conn._sndbuf) <= 1 << 18  # emptied: a big allocation is not kept
