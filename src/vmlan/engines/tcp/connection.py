@@ -72,15 +72,15 @@ What it implements, and why it is shaped this way:
 
 Performance: this is the hot path of the user stack. Sequence numbers are kept unwrapped (plain
 growing ints; only the wire is modulo 2**32, converted with one subtraction and mask per segment).
-Header prediction (Van Jacobson) handles in-order data and pure ACKs in ESTABLISHED without a method
-call when nothing but the data changes. The send buffer is one ``bytearray`` whose acknowledged prefix
-is deleted (O(1) in CPython); :meth:`~TcpConnection.fill_from` lets the host socket ``recv_into`` it
-directly, and :meth:`~TcpConnection.transmit` hands out memoryview slices of it, so host bytes are
-copied once on their way to the guest (by the caller, into the frame). Each header is one
-``struct.pack`` whose checksum was computed before packing, from the fields' arithmetic sum plus the
-payload's sum; the payload sums of one burst come from one numpy call (``sums.py``). Received data is
-copied once, from the caller's frame into the receive buffer, which :meth:`~TcpConnection.take_data`
-hands over whole.
+Header prediction (Van Jacobson) takes in-order data and pure ACKs in ESTABLISHED on a short path, and
+in-order data that acknowledges nothing new (guest->host bulk) makes no further call. The send buffer
+is one fixed-length ``bytearray`` in which an ACK only moves an index (``_reserve`` explains why not
+``del buf[:k]``); :meth:`~TcpConnection.fill_from` lets the host socket ``recv_into`` it directly,
+and :meth:`~TcpConnection.transmit` hands out memoryview slices of it, so host bytes are copied once
+on their way to the guest (by the caller, into the frame). Each header is one ``struct.pack`` whose
+checksum was computed before packing, from the fields' arithmetic sum plus the payload's sum; the
+payload sums of one burst come from one numpy call (``sums.py``). Received data is copied once, from
+the caller's frame into the receive buffer, which :meth:`~TcpConnection.take_data` hands over whole.
 """
 
 from __future__ import annotations
