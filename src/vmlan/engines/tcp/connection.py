@@ -96,6 +96,7 @@ from vmlan.wire.checksum import pseudo_header_sum_v4, pseudo_header_sum_v6
 from vmlan.wire.errors import IntegrityError, SanityError, WireError
 from vmlan.wire.tcp import ACK, FIN, PSH, RST, SYN, TCP_HLEN, TcpHeader, TcpOptions
 
+from . import sums as _sums
 from .events import Closed, Connected, DataReceived, EndOfStream, Event, Reset, TcpStateError
 from .isn import IsnGenerator
 from .params import DEFAULT_MSS, MAX_MSS_V4, MAX_MSS_V6, MAX_WSCALE, MIN_MSS, TcpCounters, TcpParams
@@ -852,9 +853,17 @@ class TcpConnection:
         if n < TCP_HLEN:
             c.malformed += 1
             return
-        if not verified and (sum16(segment) + self._psum_in + n) % 0xFFFF:
-            c.bad_checksum += 1
-            return
+        if not verified:
+            reduce = _sums._add_reduce
+            if reduce is not None and n >= _sums.NUMPY_MIN_BYTES and not n & 3:
+                # sum16() inlined for the usual case (numpy loaded, whole words): one call less per segment.
+                s = int(reduce(_sums._frombuffer(segment, _sums._U4, n >> 2))) << 8
+                if (s + self._psum_in + n) % 0xFFFF:
+                    c.bad_checksum += 1
+                    return
+            elif (sum16(segment) + self._psum_in + n) % 0xFFFF:
+                c.bad_checksum += 1
+                return
         ports, wseq, wack, doff, flags, window = _HDR_IN.unpack_from(segment)
         hlen = (doff >> 2) & 0x3C
         if ports != self._ports_in or hlen < TCP_HLEN or hlen > n:

@@ -34,7 +34,13 @@ _BATCH_MAX = 16384  # largest piece piece_sums() sums in a batch
 
 _from_bytes = int.from_bytes
 _np: Any = None  # the numpy module once loaded, False when missing
-_frombuffer: Callable[..., Any] | None = None
+
+
+def _not_loaded(*args: Any) -> Any:
+    raise RuntimeError("numpy is not loaded: check _add_reduce first")
+
+
+_frombuffer: Callable[..., Any] = _not_loaded  # valid once _add_reduce is not None
 _add_reduce: Callable[..., Any] | None = None
 _U2: Any = None
 _U4: Any = None
@@ -62,7 +68,7 @@ def sum16(data: BytesLike) -> int:
     """An integer congruent (mod 0xFFFF) to the RFC 1071 sum of ``data`` as big-endian 16-bit words."""
     n = len(data)
     if n >= NUMPY_MIN_BYTES and (_add_reduce is not None or _load()):
-        assert _frombuffer is not None and _add_reduce is not None
+        assert _add_reduce is not None
         n4 = n >> 2
         s: int = int(_add_reduce(_frombuffer(data, _U4, n4))) << 8
         if n & 3:  # the tail starts at a multiple of 4, so its big-endian value keeps the word alignment
@@ -80,7 +86,7 @@ def piece_sums(buf: bytearray, offset: int, size: int, count: int) -> list[int]:
     :data:`_BATCH_MAX` bytes are summed in one numpy call: numpy's fixed cost dominates those, while
     bigger ones gain nothing from it."""
     if count > 1 and not size & 1 and 64 <= size <= _BATCH_MAX and (_add_reduce is not None or _load()):
-        assert _frombuffer is not None and _add_reduce is not None
+        assert _add_reduce is not None
         if size & 3:
             arr = _frombuffer(buf, _U2, count * (size >> 1), offset).reshape(count, size >> 1)
         else:
