@@ -220,9 +220,7 @@ def _build() -> dict[tuple[str, Input], Transition]:
         row(state, Input.RST_IN_WINDOW, Transition(state, (Do.CHALLENGE_ACK,)))
         if state != TIME_WAIT:
             row(state, Input.FIN_REPEAT)  # the ACK every unacceptable segment gets is enough
-        if state != SYN_RECEIVED:
-            row(state, Input.ACCEPT, Transition(state, (Do.MISUSE,)))
-    row(SYN_RECEIVED, Input.ACCEPT, Transition(SYN_RECEIVED, (Do.MISUSE,)))
+        row(state, Input.ACCEPT, Transition(state, (Do.MISUSE,)))  # accepted already
 
     # Data transfer and closing (RFC 9293 figure 5).
     row(ESTABLISHED, Input.FIN, Transition(CLOSE_WAIT, (Do.EOF,)))
