@@ -607,4 +607,4 @@ def test_send_buffer_compacts_grows_and_lets_go_when_empty() -> None:
         assert conn.bytes_unacked == queued - conn.bytes_acked
         assert len(conn._sndbuf) <= 2 * (300_000 + 70_000)  # bounded by about twice the limit
     assert bytes(received) == source and conn.bytes_acked == len(source)
-    assert len(conn._sndbuf) <= 1 << 18  # emptied: a big allocation is not kept
+    assert len(conn._sndbuf) <= 1 << 16  # emptied: a big allocation is not kept

@@ -137,7 +137,7 @@ _HDR_IN = struct.Struct("!IIIBBH")
 _HDR_OUT = struct.Struct("!IIIHHHH")
 _OOO_MAX_BLOCKS: Final = 4096  # out-of-order blocks kept; bounds the list a hostile guest can grow
 _MAX_DUP_ACKS_OUT: Final = 8  # duplicate ACKs emitted per transmit() call
-_KEEP_SNDBUF: Final = 1 << 18  # a send buffer larger than this is released whenever it empties
+_KEEP_SNDBUF: Final = 1 << 16  # a send buffer larger than this is released whenever it empties
 _DEFAULT_ISN = IsnGenerator()  # for callers that pass no ISN
 
 
@@ -609,7 +609,8 @@ class TcpConnection:
         reallocates and copies a bytearray that shrinks below half its allocation, and again when one
         whose start has moved grows, which for a sender refilled after every ACK cost ~1 us per ACK.
         A fixed length also spares :meth:`fill_from` zero-filling the room it lends to ``recv_into``.
-        The capacity grows geometrically up to about twice the send limit."""
+        The capacity grows geometrically up to about twice the send limit; above 64 KiB the buffer is
+        released whenever it empties, so an idle connection keeps no big allocation."""
         buf = self._sndbuf
         lo = self._snd_lo
         hi = self._snd_hi
@@ -1269,7 +1270,8 @@ class TcpConnection:
 
         ``header`` is the complete TCP header with its final checksum; ``payload`` is ``b""`` or a
         memoryview into the send buffer that is valid *only during the call* (it is released right
-        after: copy it, typically by joining the frame, and keep no export of it). Returns the number of
+        after: copy it, typically by joining the frame, and keep no export of it); ``emit`` must not call
+        back into this connection (a refill could move the data under the view). Returns the number of
         segments emitted. If ``emit`` raises, the segments before it count as sent and the exception
         propagates (the rest goes out on the next call or by retransmission).
         """
