@@ -28,12 +28,25 @@ from vmlan.engines.tcp import (
     TcpConnection,
     TcpParams,
 )
+from vmlan.wire.checksum import internet_checksum, pseudo_header_sum_v4, pseudo_header_sum_v6
+from vmlan.wire.errors import IntegrityError
 from vmlan.wire.tcp import SYN, TcpHeader, TcpOptions
 
 IP_A = bytes((10, 0, 2, 2))  # the "host" side (vmlan's address as the guest sees it)
 IP_B = bytes((10, 0, 2, 15))  # the "guest"
+IP6_A = bytes.fromhex("fec00000000000000000000000000002")  # fec0::2, libslirp's IPv6 gateway
+IP6_B = bytes.fromhex("fec00000000000005054fffe123456aa")  # a SLAAC guest address in fec0::/64
 PORT_A = 40000
 PORT_B = 8080
+
+
+def pseudo_sum(src: bytes, dst: bytes) -> int:
+    """The TCP pseudo-header sum (without the length) for 4- or 16-byte addresses."""
+    return (pseudo_header_sum_v6 if len(src) == 16 else pseudo_header_sum_v4)(src, dst, 6, 0)
+
+
+def checksum_ok(segment: bytes | memoryview, src: bytes, dst: bytes) -> bool:
+    return internet_checksum(segment, pseudo_sum(src, dst) + len(segment)) == 0
 
 
 def guest_segment(
@@ -47,7 +60,7 @@ def guest_segment(
     src: tuple[bytes, int] = (IP_B, PORT_B),
     dst: tuple[bytes, int] = (IP_A, PORT_A),
 ) -> bytes:
-    """A raw segment as a guest would send it, with a correct checksum."""
+    """A raw segment as a guest would send it, with a correct checksum (IPv4 or IPv6 addresses)."""
     header = TcpHeader(
         sport=src[1],
         dport=dst[1],
@@ -57,12 +70,17 @@ def guest_segment(
         window=window,
         options=options if options is not None else TcpOptions(),
     )
-    return header.build(payload, src_addr=src[0], dst_addr=dst[0])
+    raw = bytearray(header.to_bytes() + payload)
+    raw[16:18] = b"\0\0"
+    raw[16:18] = internet_checksum(raw, pseudo_sum(src[0], dst[0]) + len(raw)).to_bytes(2, "big")
+    return bytes(raw)
 
 
 def parse(segment: bytes, src: bytes = IP_A, dst: bytes = IP_B) -> tuple[TcpHeader, bytes]:
-    """Decode (and checksum-verify) a segment a connection produced."""
-    header, start, end = TcpHeader.parse(segment, src_addr=src, dst_addr=dst)
+    """Decode (and checksum-verify, for either family) a segment a connection produced."""
+    if not checksum_ok(segment, src, dst):
+        raise IntegrityError("TCP", "bad checksum")
+    header, start, end = TcpHeader.parse(segment)
     return header, bytes(segment[start:end])
 
 
@@ -96,8 +114,17 @@ def strip_syn_options(*, keep_mss: bool) -> Callable[[bytes], bytes]:
             window=header.window,
             options=options,
         )
-        src, dst = (IP_A, IP_B) if header.sport == PORT_A else (IP_B, IP_A)
-        return stripped.build(segment[start:end], src_addr=src, dst_addr=dst)
+        src, dst = ((IP_A, PORT_A), (IP_B, PORT_B)) if header.sport == PORT_A else ((IP_B, PORT_B), (IP_A, PORT_A))
+        return guest_segment(
+            seq=stripped.seq,
+            ack=stripped.ack,
+            flags=stripped.flags,
+            window=stripped.window,
+            payload=bytes(segment[start:end]),
+            options=options,
+            src=src,
+            dst=dst,
+        )
 
     return rewrite
 
@@ -253,6 +280,7 @@ class Net:
         accept_delay: float = 0.0,
         refuse: bool = False,
         start: float = 100.0,
+        addrs: tuple[bytes, bytes] = (IP_A, IP_B),
     ) -> None:
         self.now = start
         self.params_a = params_a or TcpParams()
@@ -265,7 +293,8 @@ class Net:
         self.accept_delay = accept_delay
         self.refuse = refuse
         self.accept_at: float | None = None
-        self.a = TcpConnection.connect((IP_A, PORT_A), (IP_B, PORT_B), self.params_a, self.now, isn_a)
+        self.ip_a, self.ip_b = addrs
+        self.a = TcpConnection.connect((self.ip_a, PORT_A), (self.ip_b, PORT_B), self.params_a, self.now, isn_a)
         self.b: TcpConnection | None = None
         self.steps = 0
         self.started = False  # the first flush (a's SYN) waits for the first step: tests add hooks first
@@ -307,7 +336,9 @@ class Net:
         now = self.now
         for seg in self.ab.pop_due(now):
             if self.b is None:
-                self.b = TcpConnection.from_syn((IP_B, PORT_B), (IP_A, PORT_A), seg, self.params_b, now, self.isn_b)
+                self.b = TcpConnection.from_syn(
+                    (self.ip_b, PORT_B), (self.ip_a, PORT_A), seg, self.params_b, now, self.isn_b
+                )
                 self.accept_at = now + self.accept_delay
             else:
                 self.b.receive_segment(seg, now)
