@@ -19,6 +19,7 @@ kind (``faults``).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
@@ -47,6 +48,8 @@ _BROADCAST = b"\xff" * 6
 _ZERO4 = b"\0\0\0\0"
 _ALL_ONES4 = b"\xff\xff\xff\xff"
 _L4_VOUCHED = FLAG_DATA_VALID | FLAG_NEEDS_CSUM
+_ETH = struct.Struct("!6s6sH")
+_PORTS = struct.Struct("!HH")
 
 
 class UserStack:
@@ -112,46 +115,48 @@ class UserStack:
         c = core.counters
         c.frames_in += 1
         n = len(frame)
-        if n < 14:
+        if n >= 38:
+            # The common case in one unpack: Ethernet, IPv4 and the transport ports.
+            dmac, mac, ethertype, vihl, _tos, total, _ident, frag, _ttl, proto, _csum, src, dst, sport, dport = (
+                ETH_IP_PORTS.unpack_from(frame)
+            )
+        elif n >= 14:
+            dmac, mac, ethertype = _ETH.unpack_from(frame)
+        else:
             c.unsupported += 1
             return
-        d0 = frame[0]
+        d0 = dmac[0]
         if d0 & 1:
-            if frame[0:6] != _BROADCAST:
+            if dmac != _BROADCAST:
                 c.not_for_us += 1
                 return
-        elif d0 != 0x52 or frame[1] != 0x55:
+        elif d0 != 0x52 or dmac[1] != 0x55:
             c.not_for_us += 1  # another guest's unicast, seen because hubs flood
             return
         guests = core.guests
         guest = guests.by_port.get(port)
         if guest is None:
             guest = guests.guest(port, str(getattr(port, "name", port)), core.port_tso(port))
-        mac = bytes(frame[6:12])
         if mac not in guest.macs and not guests.admit(guest, mac):
             c.bad_source += 1
             return
-        ethertype = (frame[12] << 8) | frame[13]
-        if ethertype == 0x0800:
-            self._ipv4(guest, mac, frame, offload, now)
-        elif ethertype == 0x0806:
-            self.neighbours.arp_input(guest, mac, frame)
-        else:
-            c.unsupported += 1
-
-    def _ipv4(self, guest: Guest, mac: bytes, frame: BytesLike, offload: Offload | None, now: float) -> None:
-        core = self.core
-        n = len(frame)
-        if n >= 38:
-            _d, _s, _t, vihl, _tos, total, _ident, frag, _ttl, proto, _csum, src, dst, sport, dport = (
-                ETH_IP_PORTS.unpack_from(frame)
-            )
-        elif n >= 34:
+        if ethertype != 0x0800:
+            if ethertype == 0x0806:
+                self.neighbours.arp_input(guest, mac, frame)
+            else:
+                c.unsupported += 1
+            return
+        if n < 38:
+            if n < 34:
+                c.bad_ipv4 += 1
+                return
             _d, _s, _t, vihl, _tos, total, _ident, frag, _ttl, proto, _csum, src, dst = ETH_IP.unpack_from(frame)
             sport = dport = 0
-        else:
-            core.counters.bad_ipv4 += 1
-            return
+        self._ipv4(guest, mac, frame, offload, now, vihl, total, frag, proto, src, dst, sport, dport)
+
+    def _ipv4(self, guest: Guest, mac: bytes, frame: BytesLike, offload: Offload | None, now: float, vihl: int,
+              total: int, frag: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> None:
+        core = self.core
         ihl = 20
         if vihl != 0x45:
             ihl = (vihl & 0x0F) * 4
@@ -159,11 +164,13 @@ class UserStack:
                 core.counters.bad_ipv4 += 1
                 return
         end = 14 + total
-        if total < ihl or end > n:
+        if total < ihl or end > len(frame):
             core.counters.bad_ipv4 += 1
             return
         view = memoryview(frame)
-        if internet_checksum(view[14 : 14 + ihl]) != 0:
+        # RFC 1071: a correct header sums to 0xFFFF, i.e. to 0 modulo 0xFFFF (a zero header cannot
+        # get here: its version nibble would be 0).
+        if int.from_bytes(view[14 : 14 + ihl], "big") % 0xFFFF:
             core.counters.bad_ipv4 += 1
             return
         if guest.ip_of.get(mac) != src:
@@ -207,7 +214,12 @@ class UserStack:
         deadline = self.reassembly.get_timer()
         core.flows.arm(self._reassembly_timer, deadline if deadline is not None else INF)
         if datagram is not None:
-            self._ipv4(guest, mac, bytes(frame[:14]) + datagram, None, now)
+            whole = bytes(frame[:14]) + datagram
+            _d, _s, _t, vihl, _tos, total, _ident, frag, _ttl, proto, _csum, src, dst = ETH_IP.unpack_from(whole)
+            l4 = 14 + (vihl & 0x0F) * 4
+            sport, dport = _PORTS.unpack_from(whole, l4) if len(whole) >= l4 + 4 else (0, 0)
+            if not frag & 0x3FFF:
+                self._ipv4(guest, mac, whole, None, now, vihl, total, frag, proto, src, dst, sport, dport)
 
     def _reassembly_expired(self, now: float) -> None:
         core = self.core

@@ -20,6 +20,7 @@ built as one ``join`` of Ethernet+IPv4 prefix, TCP header and payload view (one 
 from __future__ import annotations
 
 import errno
+import hashlib
 import struct
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ from vmlan.engines.tcp import (
     Reset,
     TcpConnection,
 )
-from vmlan.engines.tcp.isn import IsnGenerator
+from vmlan.engines.tcp.isn import EphemeralPorts, IsnGenerator
 from vmlan.engines.usernet import actions as A
 from vmlan.engines.usernet.config import GuestForward, HostForward
 from vmlan.engines.usernet.flows import INF, Flow
@@ -62,6 +63,8 @@ _ICMP_CODE = {
 MEMORY_CHECK = 0.25  # seconds between looks at the TCP memory budget
 MIN_BUFFER = 64 * 1024  # no connection's buffers shrink below this under pressure
 
+_TCP_WRITE = A.TCP_WRITE
+
 # kinds of far side
 NAT, GUESTFWD, HOSTFWD, SERVICE = 0, 1, 2, 3
 
@@ -77,6 +80,7 @@ class TcpFlow(Flow):
         "far",
         "guest_ip",
         "ip_base",
+        "closed",
         "key",
         "kind",
         "mac",
@@ -103,6 +107,7 @@ class TcpFlow(Flow):
         self.ip_base = IPV4.header_sum(self.far, self.guest_ip, 6, DF)
         self.connecting = False
         self.read_paused = False
+        self.closed = False
         self.rule = -1
         self.syn_quote = b""
         self.dns: DnsTcpState | None = None
@@ -142,6 +147,7 @@ class TcpNat:
         "icmp",
         "isn",
         "mem_timer",
+        "ports",
         "pressure",
     )
 
@@ -152,6 +158,7 @@ class TcpNat:
         self.by_key: dict[tuple[bytes, int, bytes, int], TcpFlow] = {}
         self.guestfwd: dict[tuple[bytes, int], GuestForward] = {(g.addr, g.port): g for g in core.cfg.guestfwd}
         self.isn = IsnGenerator(core.secret)
+        self.ports = EphemeralPorts(key=hashlib.blake2b(core.secret, digest_size=16, person=b"hostfwd").digest())
         self.fwd_count: dict[int, int] = {}
         self.pressure = False
         self.mem_timer = core.timer(self._check_memory)
@@ -296,7 +303,7 @@ class TcpNat:
                 if self.dns is not None:
                     self.dns.tcp_data(flow.fid, flow.dns, flow.guest, data, now)
             else:
-                core.actions.append((A.TCP_WRITE, flow.fid, data))
+                core.actions.append((_TCP_WRITE, flow.fid, data))
         event = conn.next_event()
         while event is not None:
             if isinstance(event, EndOfStream):
@@ -307,7 +314,7 @@ class TcpNat:
                 self._close(flow, abortive=False)
             event = conn.next_event()
         conn.transmit(now, flow.emit)
-        if not core.flows.live(flow):
+        if flow.closed:
             return
         if flow.read_paused and conn.send_space() > 0:
             flow.read_paused = False
@@ -329,8 +336,9 @@ class TcpNat:
 
     def _close(self, flow: TcpFlow, abortive: bool) -> None:
         core = self.core
-        if not core.flows.live(flow):
+        if flow.closed:
             return
+        flow.closed = True
         core.flows.remove(flow)
         if self.by_key.get(flow.key) is flow:
             del self.by_key[flow.key]
@@ -423,11 +431,21 @@ class TcpNat:
         return taken
 
     def written(self, fid: int, n: int, now: float) -> None:
-        """``n`` bytes the guest sent reached the host socket: open the guest's window again."""
-        flow = self._flow(fid)
-        if flow is not None:
-            flow.conn.consume(n)
-            self.after(flow, now)
+        """``n`` bytes the guest sent reached the host socket: open the guest's window again.
+
+        Called once per guest segment on the bulk path, so it does only what consuming can cause: a
+        window update (the engine decides whether one is due) and a new timer."""
+        flow = self.core.flows.get(fid)
+        if type(flow) is not TcpFlow:
+            return
+        conn = flow.conn
+        conn.consume(n)
+        if conn.transmit(now, flow.emit):
+            deadline = conn.get_timer()
+            if deadline is None:
+                deadline = INF
+            if deadline != flow.deadline:
+                self.core.flows.arm(flow, deadline)
 
     def eof(self, fid: int, now: float) -> None:
         flow = self._flow(fid)
@@ -457,7 +475,8 @@ class TcpNat:
         if guest is not None and guest.tcp >= core.limits.tcp_per_guest:
             core.counters.tcp_refused_cap += 1
             return None
-        port = self.isn.port(lambda p: (rule.guest_addr, rule.guest_port, src, p) not in self.by_key)
+        port = self.ports.pick(src, rule.guest_addr, rule.guest_port,
+                               lambda p: (rule.guest_addr, rule.guest_port, src, p) in self.by_key)
         if port is None:
             return None
         key = (rule.guest_addr, rule.guest_port, src, port)
