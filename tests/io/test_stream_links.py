@@ -5,7 +5,8 @@ import time
 import pytest
 
 from vmlan.io.errors import LinkError
-from vmlan.io.stream import NET_BUFSIZE, OUT_LIMIT
+from vmlan.io.sockopt import BUDGET
+from vmlan.io.stream import NET_BUFSIZE
 
 from .conftest import HDR, RunningLan, eth, free_port, recv_framed, send_framed
 
@@ -94,7 +95,7 @@ def test_stuck_peer_loses_frames_but_never_blocks_the_hub(lan, tmp_path):
         assert recv_framed(c) == frame
         received += 1
     assert stuck_port.counters.tx_dropped > 0
-    assert len(stuck_port._out) <= OUT_LIMIT + len(frame) + 4
+    assert len(stuck_port._out) <= BUDGET.out_limit + len(frame) + 4
 
 
 def test_socket_listen_accepts_many_peers_on_tcp(lan):
