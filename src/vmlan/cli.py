@@ -89,7 +89,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 def run(cfg: RunConfig) -> int:
     # First of all, before the event loop (its self-pipe) or any link exists: no signal may find its
-    # default action in place once a socket of ours is visible.
+    # default action in place once a socket of ours is visible. Until the running loop takes over
+    # (uvloop hears signals only while it runs), a signal is only remembered.
     early: list[int] = []
 
     def remember(signum: int, frame: FrameType | None) -> None:
@@ -103,6 +104,20 @@ def run(cfg: RunConfig) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     runtime = Runtime(cfg, loop)
+    raise_fd_limit()
+    try:
+        return loop.run_until_complete(_serve(cfg, runtime, early))
+    finally:
+        runtime.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()  # restores the default actions: keep catching until the process is gone
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+async def _serve(cfg: RunConfig, runtime: Runtime, early: list[int]) -> int:
+    """The whole life of ``vmlan run`` in one loop run, so no signal falls between two runs."""
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
     def on_signal(signum: int) -> None:
@@ -112,38 +127,32 @@ def run(cfg: RunConfig) -> int:
         else:
             stop.set()
 
-    raise_fd_limit()
-    try:
-        for sig in SIGNALS:
-            loop.add_signal_handler(sig, on_signal, int(sig))
-        for caught in early:
-            on_signal(caught)
-        if stop.is_set():
-            return 0
-        starting = loop.create_task(runtime.start())
-        loop.run_until_complete(asyncio.wait([starting, loop.create_task(stop.wait())],
-                                             return_when=asyncio.FIRST_COMPLETED))
-        if not starting.done():  # SIGINT/SIGTERM while still connecting
-            starting.cancel()
-            loop.run_until_complete(asyncio.gather(starting, return_exceptions=True))
-            return 0
-        exc = starting.exception()
-        if isinstance(exc, LinkError):
-            sys.stderr.write(f"vmlan: {exc}\n")
-            return 1
-        if exc is not None:
-            raise exc
-        _print_attach_hints(cfg)
-        log.info("ready: %d netdev(s) on %d hub(s)", len(runtime.links), len(runtime.hubs))
-        loop.run_until_complete(stop.wait())
-        log.info("shutting down")
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, on_signal, int(sig))
+    for caught in early:
+        on_signal(caught)
+    if stop.is_set():
         return 0
-    finally:
-        runtime.close()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()  # restores the default actions: keep catching until the process is gone
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
+    starting = loop.create_task(runtime.start())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # SIGINT/SIGTERM while still connecting
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return 0
+    exc = starting.exception()
+    if isinstance(exc, LinkError):
+        stopping.cancel()
+        sys.stderr.write(f"vmlan: {exc}\n")
+        return 1
+    if exc is not None:
+        stopping.cancel()
+        raise exc
+    _print_attach_hints(cfg)
+    log.info("ready: %d netdev(s) on %d hub(s)", len(runtime.links), len(runtime.hubs))
+    await stopping
+    log.info("shutting down")
+    return 0
 
 
 def _monitor_text(runtime: Runtime) -> str:
