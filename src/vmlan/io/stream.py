@@ -11,11 +11,13 @@ no buffer at all. When a turn ends in the middle of a frame, only those pending 
 buffer of the port's own, sized to them. Frames go to the LAN as memoryview slices; no Task/Future per
 frame.
 
-Fairness: a port handles at most RX_FRAMES frames and reads at most RX_BYTES bytes per event-loop turn
-(the rest stays in the kernel, or in the port's pending bytes, for the next turn), so one guest's flood
-delays the other ports' frames by one budget's worth of work, not by a whole socket buffer's. Reads are
-sized to the frame budget from the port's recent average frame size, so a budget rarely leaves whole
-frames behind to copy.
+Fairness: per event-loop turn a port handles at most RX_FRAMES frames, reads at most RX_BYTES bytes, and
+stops once its frames have taken RX_TIME seconds (what a frame costs depends on where it goes: ~0.3 us
+between two stream ports, 10-50 us into the user stack); the rest stays in the kernel, or in the port's
+pending bytes, for the next turn. So one guest's flood delays the other ports' frames by one turn's
+worth (~2-4 ms), not by a whole socket buffer's (seconds). A frame count alone cannot do it: 64 frames
+a turn, enough for a slow consumer, halved the hub's 64-byte throughput. Reads are sized to what the
+port handled in a turn lately, so a turn cut short rarely leaves whole frames behind to copy.
 
 Transmit: output is appended to one bytearray per connection and flushed once per loop iteration, so a
 burst of frames costs one ``send`` syscall. The queue is bounded by the process-wide
@@ -50,10 +52,11 @@ log = logging.getLogger("vmlan")
 
 NET_BUFSIZE = 4096 + 65536  # QEMU's largest frame on a stream link
 QEMU_HEADER = struct.Struct(">I")
-RX_FRAMES = int(os.environ.get("VMLAN_RX_FRAMES", "4096"))  # frames one port handles per event-loop turn
-RX_BYTES = int(os.environ.get("VMLAN_RX_BYTES", str(1024 * 1024)))  # bytes one port reads per turn (one frame more, to finish a frame begun)
-RX_TIME = float(os.environ.get("VMLAN_RX_TIME", "0.002"))  # seconds one port's frames may take per turn
-RX_CHECK = 32  # frames between two looks at the clock
+RX_FRAMES = 1024  # frames one port handles per event-loop turn
+RX_BYTES = 1024 * 1024  # bytes one port reads per turn (one frame more, to finish a frame begun)
+RX_TIME = 0.002  # seconds one port's frames may take per turn
+RX_CHECK = 32  # frames between two looks at the clock...
+RX_CHECK_BYTES = 64 * 1024  # ...or fewer, so that no more than this many bytes pass between two looks
 RX_AREA_SIZE = RX_BYTES + 2 * (NET_BUFSIZE + 8)  # a turn's reads plus a pending partial frame
 _FIRST_ESTIMATE = 1024  # bytes per frame (header included) assumed before a port has seen any
 
@@ -196,7 +199,8 @@ class StreamPort(Port):
         """One turn: handle the pending bytes, read what the budget allows, keep what is left over.
 
         The budget: RX_FRAMES frames, RX_BYTES bytes read, and RX_TIME seconds of handling, the clock
-        looked at every RX_CHECK frames (its cost is then lost in the noise even at 64-byte frames).
+        looked at every RX_CHECK frames or RX_CHECK_BYTES bytes (its cost is then lost in the noise
+        even at 64-byte frames).
         Each read is sized to what the port handled in a turn lately (``_cap`` frames of ``_estimate``
         bytes), so a turn cut short by the clock leaves little behind to copy.
         """
@@ -212,7 +216,8 @@ class StreamPort(Port):
             self._pending = None
         had = end
         handled = 0
-        chunk = RX_CHECK  # frames left before the next look at the clock
+        every = max(1, min(RX_CHECK, RX_CHECK_BYTES // self._estimate))  # frames between looks at the clock
+        chunk = every  # frames left before the next look
         unread = RX_BYTES  # bytes left in this turn's budget
         read_size = self._cap * self._estimate
         deadline = perf_counter() + RX_TIME
@@ -245,8 +250,8 @@ class StreamPort(Port):
             else:
                 need -= end - start
             if not chunk:
-                handled += RX_CHECK
-                chunk = RX_CHECK
+                handled += every
+                chunk = every
                 if handled >= RX_FRAMES or perf_counter() > deadline:
                     cut = True
                     break
@@ -272,11 +277,11 @@ class StreamPort(Port):
             end += n
             unread -= n
             drained = n < want
-        handled += RX_CHECK - chunk
+        handled += every - chunk
         if handled:
             used = had + (RX_BYTES - unread) - (end - start)
             self._estimate = max(hlen, min(used // handled, hlen + max_frame))
-            self._cap = max(RX_CHECK, handled) if cut else min(RX_FRAMES, 2 * self._cap)
+            self._cap = max(every, handled) if cut else min(RX_FRAMES, 2 * self._cap)
         if start == end:
             return
         left = bytes(view[start:end])
