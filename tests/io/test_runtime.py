@@ -190,3 +190,15 @@ def test_a_failed_start_closes_what_was_opened(tmp_path):
     finally:
         running.stop()
     assert not first.exists()
+
+
+def test_info_network_lists_the_internal_errors_by_kind(lan, tmp_path):
+    from vmlan.cli import _monitor_text
+
+    running = lan("-netdev", f"stream,id=a,server=on,addr.type=unix,addr.path={tmp_path}/a.sock")
+    assert "internal errors" not in running.call(_monitor_text, running.runtime)
+    for _ in range(3):
+        running.runtime.faults.record("stream rx", ValueError("x"))
+    running.runtime.faults.record("dgram rx", ValueError("y"))
+    text = running.call(_monitor_text, running.runtime)
+    assert text.splitlines()[-1] == "internal errors: stream rx x3, dgram rx x1"

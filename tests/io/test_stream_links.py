@@ -182,3 +182,31 @@ def test_hubs_in_one_process_are_separate_lans(lan, tmp_path):
     with pytest.raises(TimeoutError):
         recv_framed(other)
     assert running.netdev("q1").ports[0].counters.tx_frames == 0
+
+
+def test_a_unix_socket_path_appears_only_once_it_listens(tmp_path, monkeypatch):
+    """Bound under a temporary name and renamed once listening: a guest that connects the moment the
+    path exists is never refused (bind-then-listen left a window where it was), and no temporary
+    name is left behind."""
+    from vmlan.io import stream
+
+    path = tmp_path / "s.sock"
+    seen_at_listen = []
+
+    class Watched(socket.socket):
+        def listen(self, *args):
+            seen_at_listen.append(path.exists())
+            return super().listen(*args)
+
+    monkeypatch.setattr(stream.socket, "socket", Watched)
+    running = RunningLan(["-netdev", f"stream,id=s,server=on,addr.type=unix,addr.path={path}"])
+    try:
+        running.start()
+        assert seen_at_listen == [False]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock"]
+        peer = unix_client(path)
+        wait_for(lambda: len(running.netdev("s").ports) == 1)
+        peer.close()
+    finally:
+        running.stop()
+    assert not path.exists()

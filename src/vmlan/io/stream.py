@@ -359,20 +359,42 @@ def _keepalive(cfg: StreamNetdev) -> bool:
     return isinstance(cfg.addr, InetAddr) and cfg.addr.keepalive
 
 
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, NUL included
+
+
 def _listen_socket(addr: SocketAddress, what: str) -> socket.socket:
+    """A listening socket. A unix socket is bound under a temporary name next to its path and renamed
+    into place once it listens: its path never exists without accepting, so a guest that connects
+    the moment the path appears is never refused."""
     family, sa = sockaddr(addr)
     sock = socket.socket(family, socket.SOCK_STREAM)
+    staged: str | None = None
     try:
         if isinstance(addr, UnixAddr):
             if not addr.abstract:
                 _unlink_stale_socket(addr.path, what)
+                head, tail = os.path.split(addr.path)
+                candidate = os.path.join(head, f".{tail}.{os.getpid()}")
+                if len(os.fsencode(candidate)) <= UNIX_PATH_MAX:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(candidate)
+                    staged = candidate
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(sa)
+        sock.bind(staged if staged is not None else sa)
         sock.listen(16)
+        if staged is not None:
+            assert isinstance(addr, UnixAddr)
+            os.rename(staged, addr.path)
+            staged = None
         sock.setblocking(False)
-    except OSError as exc:
+    except (OSError, LinkError) as exc:
         sock.close()
+        if staged is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+        if isinstance(exc, LinkError):
+            raise
         raise LinkError(f"{what}: cannot listen on {format_addr(addr)}: {exc.strerror or exc}") from None
     return sock
 
