@@ -44,7 +44,7 @@ IP_A, IP_B, GATEWAY = (socket.inet_aton(ip) for ip in ("10.0.2.15", "10.0.2.16",
 def checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
