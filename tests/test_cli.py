@@ -69,9 +69,13 @@ def test_address_in_use_is_one_line_and_status_1():
 
 
 class Vmlan:
-    """A ``vmlan run`` process whose stderr is read as it comes, so tests can wait for what it logs."""
+    """A ``vmlan run`` process whose stderr is read as it comes, so tests can wait for what it logs.
+    Every one started is killed at the end of its test (the ``vmlan`` fixture), whatever happened."""
+
+    started: list["Vmlan"] = []
 
     def __init__(self, *args, env=None):
+        Vmlan.started.append(self)
         self.proc = subprocess.Popen([*VMLAN, "run", *args], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.lines = []
@@ -113,6 +117,16 @@ class Vmlan:
             self.proc.kill()
         self._reader.join(5)
         return self.proc.returncode, out, self.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_vmlan_left_behind():
+    yield
+    while Vmlan.started:
+        vm = Vmlan.started.pop()
+        if vm.proc.poll() is None:
+            vm.proc.kill()
+            vm.proc.wait(10)
 
 
 def wait_path(path, proc, timeout=10):
