@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -67,52 +68,141 @@ def test_address_in_use_is_one_line_and_status_1():
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def wait_path(path, timeout=10):
+class Vmlan:
+    """A ``vmlan run`` process whose stderr is read as it comes, so tests can wait for what it logs.
+    Every one started is killed at the end of its test (the ``vmlan`` fixture), whatever happened."""
+
+    started: list["Vmlan"] = []
+
+    def __init__(self, *args, env=None):
+        Vmlan.started.append(self)
+        self.proc = subprocess.Popen([*VMLAN, "run", *args], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def stderr(self):
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_log(self, text, timeout=20):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not any(text in line for line in self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    raise AssertionError(f"vmlan never logged {text!r}; status {self.proc.poll()}; log:\n"
+                                         + "\n".join(self.lines))
+                self._cond.wait(min(left, 0.1))
+
+    def finish(self, signum=signal.SIGTERM, timeout=10):
+        """Send ``signum`` and return (exit status, stdout, stderr)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            out = self.proc.stdout.read()
+            self.proc.wait(timeout)
+        finally:
+            self.proc.kill()
+        self._reader.join(5)
+        return self.proc.returncode, out, self.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_vmlan_left_behind():
+    yield
+    while Vmlan.started:
+        vm = Vmlan.started.pop()
+        if vm.proc.poll() is None:
+            vm.proc.kill()
+            vm.proc.wait(10)
+
+
+def wait_path(path, proc, timeout=10):
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
+        assert proc.poll() is None, f"vmlan exited with {proc.returncode} before {path} appeared"
         assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+        time.sleep(0.0005)
 
 
-def test_default_run_prints_qemu_options_and_cleans_up_on_sigterm(tmp_path):
+def test_default_run_serves_a_user_network_prints_qemu_options_and_cleans_up_on_sigterm(tmp_path):
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
     sock = tmp_path / "vmlan" / "lan0.sock"
-    proc = subprocess.Popen([*VMLAN, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_path(sock)
-        proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0
+    vm = Vmlan(env=env)
+    vm.wait_log("ready: 2 netdev(s) on 1 hub(s)")
+    vm.proc.send_signal(signal.SIGUSR1)
+    vm.wait_log("lan0: type=stream,listening on unix:")
+    status, out, err = vm.finish()
+    assert status == 0, err
     assert f"-netdev stream,id=n0,server=off,addr.type=unix,addr.path={sock}" in out
     assert "-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56" in out
-    assert "hub 0" in err and "lan0: type=stream,listening on unix:" in err
+    assert "user-mode network" in out and "10.0.2.15" in out
+    assert "hub 0" in err and "user0: type=user," in err
+    assert "user user0: user-mode network 10.0.2.0/24 (gateway 10.0.2.2, DNS 10.0.2.3, DHCP from 10.0.2.15)" in err
+    assert f"attach a QEMU guest to lan0 with: -netdev stream,id=n0,server=off,addr.type=unix,addr.path={sock}" in err
     assert not sock.exists()
+
+
+def test_sigusr1_the_moment_the_first_socket_appears_never_kills_vmlan(tmp_path):
+    """Signal handlers used to be installed after the sockets existed: SIGUSR1 sent as soon as the
+    socket appeared killed vmlan most of the time (its default action)."""
+    for attempt in range(20):
+        path = tmp_path / f"s{attempt}.sock"
+        vm = Vmlan("-netdev", f"stream,id=s,server=on,addr.type=unix,addr.path={path}")
+        try:
+            wait_path(path, vm.proc)
+            vm.proc.send_signal(signal.SIGUSR1)
+            vm.wait_log("ready: ")
+            vm.wait_log("hub 0")  # the SIGUSR1 was handled: info network was printed
+        finally:
+            status, _out, err = vm.finish()
+        assert status == 0, f"attempt {attempt}: vmlan exited {status}:\n{err}"
+        assert "Traceback" not in err and not path.exists()
+
+
+def test_sigterm_during_startup_is_a_clean_exit(tmp_path):
+    path = tmp_path / "s.sock"
+    port = free_port()
+    vm = Vmlan("-netdev", f"stream,id=s,server=on,addr.type=unix,addr.path={path}",
+               "-netdev", f"socket,id=c,connect=127.0.0.1:{port},reconnect-ms=100")
+    wait_path(path, vm.proc)
+    status, _out, err = vm.finish(signal.SIGTERM)
+    assert status == 0, err
+    assert "Traceback" not in err and not path.exists()
 
 
 def test_sigint_with_connected_peers_exits_cleanly(tmp_path):
     path = tmp_path / "s.sock"
-    proc = subprocess.Popen(
-        [*VMLAN, "run", "-netdev", f"stream,id=s,server=on,addr.type=unix,addr.path={path}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_path(path)
-        peer = socket.socket(socket.AF_UNIX)
-        peer.connect(str(path))
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=10)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    vm = Vmlan("-netdev", f"stream,id=s,server=on,addr.type=unix,addr.path={path}")
+    vm.wait_log("ready: ")
+    peer = socket.socket(socket.AF_UNIX)
+    peer.connect(str(path))
+    vm.wait_log("peer s.1 connected")
+    status, _out, err = vm.finish(signal.SIGINT)
+    assert status == 0, err
     assert "peer s.1 connected" in err and "peer s.1 left (shutting down)" in err
     assert "Traceback" not in err
     assert peer.recv(10) == b""
     assert not path.exists()
+
+
+def test_max_peers_is_a_vmlan_option_with_a_one_line_error():
+    proc = run("run", "-netdev", "socket,id=l,listen=127.0.0.1:1,max-peers=0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("vmlan: -netdev socket,id=l,listen=127.0.0.1:1,max-peers=0: "
+                                   "Parameter 'max-peers' expects a value in 1..1048576 (got '0')")
 
 
 def test_a_socket_directory_that_cannot_be_made_is_one_line_and_status_1():

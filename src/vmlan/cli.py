@@ -2,6 +2,11 @@
 
 Bad configuration: one line on stderr naming the option and the value, exit status 2. A link that
 cannot be opened (address in use, nothing listening): one line, exit status 1. Never a traceback.
+
+Signals: SIGINT, SIGTERM and SIGUSR1 are caught before the first socket or file exists, so a signal
+sent the moment a socket appears never kills vmlan with the default action. One that arrives before
+the event loop exists is remembered and handled as soon as it does; SIGUSR1 during startup prints what
+is open so far.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ import asyncio
 import logging
 import signal
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from vmlan import __version__
 from vmlan.config.cmdline import RunConfig, parse_run_args
 from vmlan.config.errors import ConfigError
-from vmlan.config.netdev import UserNetdev
+from vmlan.config.netdev import StreamNetdev, UserNetdev
 from vmlan.config.qemu_args import guest_args
 from vmlan.io.errors import LinkError
 from vmlan.io.loop import new_event_loop
@@ -36,12 +42,15 @@ vmlan run: QEMU's network backends as a standalone process.
   -netdev stream,id=ID,server=on|off,addr.type=inet,addr.host=HOST,addr.port=PORT[,reconnect-ms=MS]
   -netdev stream,id=ID,server=on|off,addr.type=unix,addr.path=PATH
   -netdev dgram,id=ID,remote.type=inet|unix,...[,local.type=inet|unix,...]
-        every netdev also takes hubid=N (default 0): netdevs on one hub share a LAN
+  -netdev user,id=ID[,net=...,hostfwd=...]       QEMU's user-mode network (see README)
+        every netdev also takes hubid=N (default 0): netdevs on one hub share a LAN;
+        listening ones take max-peers=N (default 64): peers served at a time
   -hub id=N[,mode=hub|switch][,aging=SECONDS]   hub N floods (hub) or learns MACs (switch)
   -object filter-dump,id=ID,netdev=ID,file=PATH[,maxlen=65536][,queue=all|rx|tx]
   -v, --verbose    log more (twice: debug)
   -q, --quiet      log only warnings and errors
-With no -netdev, serves hub 0 on a unix stream socket and prints how to attach QEMU to it.
+With no -netdev, serves QEMU's default network (-netdev user,id=user0: 10.0.2.0/24, DHCP from
+10.0.2.15) on hub 0 behind a unix stream socket, and prints how to attach QEMU to it.
 Send SIGUSR1 to print the equivalent of QEMU's 'info network' with per-port counters.
 """
 
@@ -75,40 +84,75 @@ def _setup_logging(cfg: RunConfig) -> None:
     log.propagate = False
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 def run(cfg: RunConfig) -> int:
+    # First of all, before the event loop (its self-pipe) or any link exists: no signal may find its
+    # default action in place once a socket of ours is visible. Until the running loop takes over
+    # (uvloop hears signals only while it runs), a signal is only remembered.
+    early: list[int] = []
+
+    def remember(signum: int, frame: FrameType | None) -> None:
+        early.append(signum)
+
+    for sig in SIGNALS:
+        signal.signal(sig, remember)
+
     from vmlan.io.runtime import Runtime
 
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     runtime = Runtime(cfg, loop)
-    stop = asyncio.Event()
     raise_fd_limit()
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        starting = loop.create_task(runtime.start())
-        loop.run_until_complete(asyncio.wait([starting, loop.create_task(stop.wait())],
-                                             return_when=asyncio.FIRST_COMPLETED))
-        if not starting.done():  # SIGINT/SIGTERM while still connecting
-            starting.cancel()
-            loop.run_until_complete(asyncio.gather(starting, return_exceptions=True))
-            return 0
-        exc = starting.exception()
-        if isinstance(exc, LinkError):
-            sys.stderr.write(f"vmlan: {exc}\n")
-            return 1
-        if exc is not None:
-            raise exc
-        loop.add_signal_handler(signal.SIGUSR1, lambda: sys.stderr.write(_monitor_text(runtime) + "\n"))
-        _print_attach_hints(cfg)
-        log.info("ready: %d netdev(s) on %d hub(s)", len(cfg.netdevs), len(cfg.hubs))
-        loop.run_until_complete(stop.wait())
-        log.info("shutting down")
-        return 0
+        return loop.run_until_complete(_serve(cfg, runtime, early))
     finally:
         runtime.close()
         loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
+        loop.close()  # restores the default actions: keep catching until the process is gone
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+async def _serve(cfg: RunConfig, runtime: Runtime, early: list[int]) -> int:
+    """The whole life of ``vmlan run`` in one loop run, so no signal falls between two runs."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGUSR1:
+            sys.stderr.write(_monitor_text(runtime) + "\n")
+            sys.stderr.flush()
+        else:
+            stop.set()
+
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, on_signal, int(sig))
+    for caught in early:
+        on_signal(caught)
+    if stop.is_set():
+        return 0
+    starting = loop.create_task(runtime.start())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # SIGINT/SIGTERM while still connecting
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return 0
+    exc = starting.exception()
+    if isinstance(exc, LinkError):
+        stopping.cancel()
+        sys.stderr.write(f"vmlan: {exc}\n")
+        return 1
+    if exc is not None:
+        stopping.cancel()
+        raise exc
+    _print_attach_hints(cfg)
+    log.info("ready: %d netdev(s) on %d hub(s)", len(runtime.links), len(runtime.hubs))
+    await stopping
+    log.info("shutting down")
+    return 0
 
 
 def _monitor_text(runtime: Runtime) -> str:
@@ -120,6 +164,9 @@ def _monitor_text(runtime: Runtime) -> str:
     for nd in runtime.netdevs:
         if isinstance(nd, UserNetPort):
             parts.append(info_usernet(nd, nd.cfg.hubid))
+    faults = runtime.faults.as_dict()
+    if faults:
+        parts.append("internal errors: " + ", ".join(f"{kind} x{entry['count']}" for kind, entry in faults.items()))
     return "\n".join(parts)
 
 
@@ -127,17 +174,21 @@ def _print_attach_hints(cfg: RunConfig) -> None:
     """Tell the user the exact QEMU options that attach a guest to each netdev."""
     if cfg.quiet:
         return
-    for index, nd in enumerate(cfg.netdevs):
+    index = 0
+    for nd in cfg.netdevs:
         if isinstance(nd, UserNetdev):
-            log.info("user %s: user-mode network %s (gateway %s, DNS %s) on hub %d", nd.id, nd.net, nd.host, nd.dns,
-                     nd.hubid)
+            log.info("user %s: user-mode network %s (gateway %s, DNS %s, DHCP from %s) on hub %d", nd.id, nd.net,
+                     nd.host, nd.dns, nd.dhcp_start, nd.hubid)
             continue
         mac = f"52:54:00:12:34:{0x56 + index:02x}"
+        index += 1
         opts = " ".join(guest_args(nd, mac))
         log.info("attach a QEMU guest to %s with: %s", nd.id, opts)
     if cfg.is_default:
+        link = next(nd for nd in cfg.netdevs if isinstance(nd, StreamNetdev))
         sys.stdout.write(
-            "vmlan is serving hub 0. Start a VM on it with, for example:\n"
-            f"  qemu-system-x86_64 -m 512 ... {' '.join(guest_args(cfg.netdevs[0]))}\n"
+            "vmlan is serving hub 0 with a user-mode network (10.0.2.0/24: DHCP from 10.0.2.15, gateway and\n"
+            "host 10.0.2.2, DNS 10.0.2.3). Start a VM on it with, for example:\n"
+            f"  qemu-system-x86_64 -m 512 ... {' '.join(guest_args(link))}\n"
         )
         sys.stdout.flush()

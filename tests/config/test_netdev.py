@@ -7,6 +7,7 @@ from vmlan.config.netdev import (
     InetAddr,
     StreamNetdev,
     UnixAddr,
+    UserNetdev,
     parse_hub,
     parse_netdev,
     parse_object,
@@ -102,9 +103,18 @@ def test_run_args_duplicate_ids_and_unknown_dump_target():
         parse_run_args(["-nic", "user"])
 
 
-def test_run_args_default_and_hubs():
+def test_run_args_default_and_hubs(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     cfg = parse_run_args([])
-    assert cfg.is_default and isinstance(cfg.netdevs[0], StreamNetdev) and cfg.netdevs[0].server
+    assert cfg.is_default
+    user, link = cfg.netdevs
+    # QEMU's default network (-netdev user with its defaults), on hub 0, behind the usual socket.
+    assert isinstance(user, UserNetdev) and user.id == "user0" and user.hubid == 0
+    assert (str(user.net), str(user.host), str(user.dns), str(user.dhcp_start)) == (
+        "10.0.2.0/24", "10.0.2.2", "10.0.2.3", "10.0.2.15")
+    assert isinstance(link, StreamNetdev) and link.server and link.hubid == 0
+    assert link.addr == UnixAddr(str(tmp_path / "vmlan" / "lan0.sock"))
+    assert cfg.hubs.keys() == {0}
     cfg = parse_run_args(["-netdev", "socket,id=a,listen=:1,hubid=4", "-hub", "id=4,mode=switch"])
     assert cfg.hubs[4].mode == "switch" and cfg.hubs.keys() == {4}
 
@@ -155,3 +165,27 @@ def test_keep_alive_is_kept_and_harmless_options_accepted():
     assert isinstance(nd, StreamNetdev) and isinstance(nd.addr, InetAddr) and nd.addr.keepalive
     nd = parse_netdev("stream,id=a,addr.type=unix,addr.path=x,addr.abstract=on,addr.tight=on")
     assert nd.addr == UnixAddr("x", True)
+
+
+def test_max_peers_on_listening_netdevs():
+    assert parse_netdev("socket,id=a,listen=:1").max_peers == 64
+    assert parse_netdev("socket,id=a,listen=:1,max-peers=3").max_peers == 3
+    assert parse_netdev("stream,id=a,server=on,addr.type=unix,addr.path=x,max-peers=0x10").max_peers == 16
+    nd = parse_netdev('{"type": "stream", "id": "a", "server": true, "max-peers": 5, '
+                      '"addr": {"type": "unix", "path": "x"}}')
+    assert nd.max_peers == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("socket,id=a,listen=:1,max-peers=0", r"Parameter 'max-peers' expects a value in 1\.\.1048576 \(got '0'\)"),
+        ("socket,id=a,listen=:1,max-peers=many", r"Parameter 'max-peers' expects a number \(got 'many'\)"),
+        ("socket,id=a,connect=127.0.0.1:1,max-peers=2", "max-peers= is only valid with listen="),
+        ("socket,id=a,mcast=230.0.0.1:1,max-peers=2", "max-peers= is only valid with listen="),
+        ("stream,id=a,server=off,addr.type=unix,addr.path=x,max-peers=2", "max-peers= is only valid with server=on"),
+    ],
+)
+def test_max_peers_is_checked(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_netdev(text)

@@ -85,3 +85,21 @@ def recv_exact(sock, n):
 def recv_framed(sock):
     (size,) = HDR.unpack(recv_exact(sock, 4))
     return recv_exact(sock, size)
+
+
+def wait_for(predicate, timeout=10, what="condition"):
+    """Poll ``predicate`` until it holds (tests wait for conditions, they never sleep and hope)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.005)
+
+
+def unix_client(path, timeout=5):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(path))
+    s.settimeout(timeout)
+    return s

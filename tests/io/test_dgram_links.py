@@ -185,3 +185,31 @@ def test_unix_dgram_peer_restarting_on_the_same_path_is_heard_again(lan, tmp_pat
     send_framed(peer, out)
     second.settimeout(5)
     assert second.recv(65536) == out
+
+
+def test_an_internal_error_behind_the_lan_costs_one_datagram_and_is_counted(lan, tmp_path, caplog):
+    import logging
+
+    mine, theirs = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    path = tmp_path / "s.sock"
+    running = lan(
+        "-netdev", f"socket,id=u,udp=127.0.0.1:{theirs},localaddr=127.0.0.1:{mine}",
+        "-netdev", f"stream,id=s,server=on,addr.type=unix,addr.path={path}",
+    )
+    peer = stream_peer(path)
+    port = running.netdev("u")
+
+    def broken_filter(src, frame, offload):
+        if bytes(frame[14:17]) == b"bad":
+            raise RuntimeError("a bug in a filter")
+        src.lan.forward(src, frame, offload)
+
+    port.rx_filter = broken_filter
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with caplog.at_level(logging.INFO, logger="vmlan"):
+        for payload in (b"ok1", b"bad", b"bad", b"ok2"):
+            other.sendto(eth(A, B, payload), ("127.0.0.1", mine))
+        assert recv_framed(peer) == eth(A, B, b"ok1")
+        assert recv_framed(peer) == eth(A, B, b"ok2")
+    assert running.runtime.faults.count("dgram rx") == 2 and port.counters.rx_dropped == 2
+    assert caplog.text.count("internal error (dgram rx)") == 1 and "RuntimeError: a bug in a filter" in caplog.text

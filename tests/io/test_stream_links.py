@@ -5,7 +5,8 @@ import time
 import pytest
 
 from vmlan.io.errors import LinkError
-from vmlan.io.stream import NET_BUFSIZE, OUT_LIMIT
+from vmlan.io.sockopt import BUDGET
+from vmlan.io.stream import NET_BUFSIZE
 
 from .conftest import HDR, RunningLan, eth, free_port, recv_framed, send_framed
 
@@ -94,7 +95,7 @@ def test_stuck_peer_loses_frames_but_never_blocks_the_hub(lan, tmp_path):
         assert recv_framed(c) == frame
         received += 1
     assert stuck_port.counters.tx_dropped > 0
-    assert len(stuck_port._out) <= OUT_LIMIT + len(frame) + 4
+    assert len(stuck_port._out) <= BUDGET.out_limit + len(frame) + 4
 
 
 def test_socket_listen_accepts_many_peers_on_tcp(lan):
@@ -181,3 +182,31 @@ def test_hubs_in_one_process_are_separate_lans(lan, tmp_path):
     with pytest.raises(TimeoutError):
         recv_framed(other)
     assert running.netdev("q1").ports[0].counters.tx_frames == 0
+
+
+def test_a_unix_socket_path_appears_only_once_it_listens(tmp_path, monkeypatch):
+    """Bound under a temporary name and renamed once listening: a guest that connects the moment the
+    path exists is never refused (bind-then-listen left a window where it was), and no temporary
+    name is left behind."""
+    from vmlan.io import stream
+
+    path = tmp_path / "s.sock"
+    seen_at_listen = []
+
+    class Watched(socket.socket):
+        def listen(self, *args):
+            seen_at_listen.append(path.exists())
+            return super().listen(*args)
+
+    monkeypatch.setattr(stream.socket, "socket", Watched)
+    running = RunningLan(["-netdev", f"stream,id=s,server=on,addr.type=unix,addr.path={path}"])
+    try:
+        running.start()
+        assert seen_at_listen == [False]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock"]
+        peer = unix_client(path)
+        wait_for(lambda: len(running.netdev("s").ports) == 1)
+        peer.close()
+    finally:
+        running.stop()
+    assert not path.exists()

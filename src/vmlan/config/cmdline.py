@@ -15,10 +15,13 @@ from vmlan.config.netdev import (
     NetdevConfig,
     StreamNetdev,
     UnixAddr,
+    UserNetdev,
     parse_hub,
     parse_netdev,
     parse_object,
 )
+from vmlan.config.qemuopts import parse_qemuopts
+from vmlan.config.usernet import parse_user_netdev
 
 
 @dataclass
@@ -46,8 +49,19 @@ def default_socket_dir() -> str:
 
 
 def default_netdev() -> StreamNetdev:
-    """What ``vmlan run`` serves with no options: hub 0 behind one unix stream socket."""
+    """The socket ``vmlan run`` serves hub 0 on when no -netdev is given."""
     return StreamNetdev("lan0", 0, "stream", True, UnixAddr(os.path.join(default_socket_dir(), "lan0.sock")))
+
+
+def default_user_netdev() -> UserNetdev:
+    """QEMU's default network, ``-netdev user,id=user0`` with QEMU's defaults (10.0.2.0/24), on hub 0."""
+    return parse_user_netdev(parse_qemuopts("user,id=user0"))
+
+
+def default_netdevs() -> list[NetdevConfig]:
+    """What ``vmlan run`` serves with no -netdev: what a QEMU guest gets by default (a user-mode
+    network), on hub 0, behind one unix stream socket that any number of guests attach to."""
+    return [default_user_netdev(), default_netdev()]
 
 
 _WITH_VALUE = {"-netdev", "-object", "-hub"}
@@ -88,7 +102,7 @@ def parse_run_args(argv: list[str]) -> RunConfig:
         except ConfigError as exc:
             raise OptionError(opt, text, str(exc)) from None
     if not cfg.netdevs:
-        cfg.netdevs.append(default_netdev())
+        cfg.netdevs.extend(default_netdevs())
         cfg.is_default = True
     seen: set[str] = set()
     for nd in cfg.netdevs:

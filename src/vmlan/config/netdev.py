@@ -2,7 +2,8 @@
 
 Option names, defaults and error wording follow QEMU 7.2 (net/socket.c, net/stream.c, net/dgram.c,
 qapi/net.json). vmlan's own additions are few and named here: ``hubid=`` on any netdev (QEMU has it
-only on hubport), ``reconnect-ms=`` on ``socket,connect=``, and ``-hub id=N,mode=hub|switch``.
+only on hubport), ``reconnect-ms=`` on ``socket,connect=``, ``max-peers=`` on listening stream netdevs
+(QEMU accepts one peer at a time, vmlan up to this many), and ``-hub id=N,mode=hub|switch``.
 
 Both QEMU socket families collapse into two shapes: a *stream* link (``socket,listen=``/``connect=`` and
 ``stream``) carrying frames with a 4-byte big-endian length, and a *datagram* link (``socket,mcast=``/
@@ -24,7 +25,8 @@ from vmlan.config.qemuopts import (
     parse_qemuopts,
     parse_uint,
 )
-from vmlan.config.usernet import UserNetdev, parse_user_netdev
+from vmlan.config.usernet import UserNetdev as UserNetdev  # re-exported: one of the NetdevConfig shapes
+from vmlan.config.usernet import parse_user_netdev
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +51,13 @@ class UnixAddr:
 SocketAddress = InetAddr | UnixAddr
 
 
+MAX_PEERS_DEFAULT = 64
+MAX_PEERS_LIMIT = 1 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class StreamNetdev:
-    """A length-prefixed stream link; ``server`` listens and accepts any number of peers."""
+    """A length-prefixed stream link; ``server`` listens and accepts up to ``max_peers`` peers at a time."""
 
     id: str
     hubid: int
@@ -59,6 +65,7 @@ class StreamNetdev:
     server: bool
     addr: SocketAddress
     reconnect_ms: int = 0
+    max_peers: int = MAX_PEERS_DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +146,7 @@ def _hubid(opts: dict[str, str]) -> int:
 
 
 _SOCKET_KEYS = frozenset(
-    {"type", "id", "hubid", "listen", "connect", "mcast", "udp", "localaddr", "fd", "reconnect-ms"}
+    {"type", "id", "hubid", "listen", "connect", "mcast", "udp", "localaddr", "fd", "reconnect-ms", "max-peers"}
 )
 
 
@@ -162,9 +169,11 @@ def _socket_netdev(pairs: list[tuple[str, str]]) -> NetdevConfig:
         raise ConfigError("localaddr= is only valid with mcast= or udp=")
     if "reconnect-ms" in opts and mode != "connect":
         raise ConfigError("reconnect-ms= is only valid with connect=")
+    if "max-peers" in opts and mode != "listen":
+        raise ConfigError("max-peers= is only valid with listen=")
     addr = parse_host_port(mode, opts[mode])
     if mode == "listen":
-        return StreamNetdev(ident, hubid, "socket", True, addr)
+        return StreamNetdev(ident, hubid, "socket", True, addr, max_peers=_max_peers(opts.get("max-peers")))
     if mode == "connect":
         if not addr.host:
             addr = InetAddr("127.0.0.1", addr.port)
@@ -225,9 +234,17 @@ def _socket_address(prefix: str, tree: Any, flat: dict[str, str]) -> SocketAddre
     return UnixAddr(tree["path"], abstract)
 
 
+def _max_peers(value: object) -> int:
+    if value is None:
+        return MAX_PEERS_DEFAULT
+    if not isinstance(value, str):
+        raise ConfigError("Parameter 'max-peers' expects a number")
+    return parse_uint("max-peers", value, 1, MAX_PEERS_LIMIT)
+
+
 def _stream_netdev(tree: dict[str, Any]) -> StreamNetdev:
     flat = flatten(tree)
-    known = {"type", "id", "hubid", "addr", "server", "reconnect", "reconnect-ms"}
+    known = {"type", "id", "hubid", "addr", "server", "reconnect", "reconnect-ms", "max-peers"}
     _unknown("stream", [k for k in tree if k not in known])
     ident = _netdev_id(flat)
     hubid = _hubid(flat)
@@ -242,9 +259,11 @@ def _stream_netdev(tree: dict[str, Any]) -> StreamNetdev:
         reconnect_ms = parse_uint("reconnect-ms", tree["reconnect-ms"], 0, 2**31 - 1)
     if server and reconnect_ms:
         raise ConfigError("'reconnect' option is incompatible with socket in server mode")
+    if "max-peers" in tree and not server:
+        raise ConfigError("max-peers= is only valid with server=on")
     if not server and isinstance(addr, InetAddr) and not addr.host:
         addr = InetAddr("127.0.0.1", addr.port)
-    return StreamNetdev(ident, hubid, "stream", server, addr, reconnect_ms)
+    return StreamNetdev(ident, hubid, "stream", server, addr, reconnect_ms, _max_peers(tree.get("max-peers")))
 
 
 def _dgram_netdev(tree: dict[str, Any]) -> DgramNetdev:

@@ -29,6 +29,7 @@ def guest_netdev(nd: NetdevConfig, netdev_id: str = "n0") -> str:
             if nd.server:
                 assert isinstance(nd.addr, InetAddr)
                 return f"socket,id={netdev_id},connect={_hostport(nd.addr)}"
+            assert isinstance(nd.addr, InetAddr)
             return f"socket,id={netdev_id},listen={_hostport(nd.addr)}"
         server = "off" if nd.server else "on"
         return f"stream,id={netdev_id},server={server},{_keyval_addr('addr', nd.addr, connect=nd.server)}"

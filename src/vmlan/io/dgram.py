@@ -18,9 +18,12 @@ without busy-waiting. While connected, datagrams from any other socket are refus
 peer that restarts is redialled on the first send that finds the old socket gone, or within
 PEER_CHECK_INTERVAL when the socket file at ``remote.path`` is replaced.
 
-Hot path: ``add_reader`` plus a draining ``recvfrom_into`` loop into one reused buffer. Sends go straight
-to the socket; when the kernel pushes back, frames wait in a bounded queue drained on writability, and
-beyond the bound they are dropped and counted. While the peer is absent each frame costs one failed
+Hot path: ``add_reader`` plus a ``recv_into`` loop into the receive buffer every link of the thread
+shares (:class:`~vmlan.io.stream.RxArea`), at most READS_PER_TURN datagrams or RX_BYTES bytes per event-loop
+turn: the rest waits in the kernel for the next turn, so one flooding peer cannot hold up the other
+ports. Sends go straight to the socket; when the kernel pushes back, frames wait in a bounded queue
+(QUEUE_FRAMES, and the :class:`~vmlan.io.sockopt.LinkBudget`'s per-port byte limit) drained on
+writability, and beyond the bound they are dropped and counted. While the peer is absent each frame costs one failed
 connect() and is dropped, as QEMU's sendto() would be.
 """
 
@@ -37,18 +40,18 @@ import struct
 from collections import deque
 
 from vmlan.config.netdev import DgramNetdev, InetAddr, SocketAddress, UnixAddr
+from vmlan.faults import Faults
 from vmlan.io.errors import LinkError
-from vmlan.io.sockopt import LINK_BUFFER, grow_buffers
-from vmlan.io.stream import NET_BUFSIZE, sockaddr
+from vmlan.io.sockopt import BUDGET, LINK_BUFFER, LinkBudget, grow_buffers, new_faults
+from vmlan.io.stream import NET_BUFSIZE, RX_AREA, RX_BYTES, sockaddr
 from vmlan.lan import Port
 from vmlan.wire import BytesLike
 from vmlan.wire.vnet import Offload
 
 log = logging.getLogger("vmlan")
 
-READS_PER_WAKEUP = 64
+READS_PER_TURN = 64  # datagrams one port handles per event-loop turn (each is a syscall anyway)
 QUEUE_FRAMES = 1024
-QUEUE_BYTES = 4 * 1024 * 1024
 PEER_CHECK_INTERVAL = 1.0
 _PEER_GONE = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN})
 SO_ATTACH_FILTER = 26
@@ -97,8 +100,10 @@ class DgramPort(Port):
     """A datagram netdev is a single port."""
 
     __slots__ = (
-        "_buf",
+        "_budget",
         "_connect_to",
+        "_faults",
+        "_joined",
         "_loop",
         "_peer_check",
         "_peer_inode",
@@ -108,18 +113,25 @@ class DgramPort(Port):
         "_rsock",
         "_send_errors",
         "_ssock",
-        "_view",
         "_writer_armed",
         "cfg",
         "info",
     )
 
-    def __init__(self, cfg: DgramNetdev, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        cfg: DgramNetdev,
+        loop: asyncio.AbstractEventLoop,
+        faults: Faults | None = None,
+        budget: LinkBudget = BUDGET,
+    ) -> None:
         super().__init__(cfg.id)
         self.cfg = cfg
         self._loop = loop
-        self._buf = bytearray(NET_BUFSIZE + 1)
-        self._view = memoryview(self._buf)
+        self._faults = faults if faults is not None else new_faults()
+        self._budget = budget
+        self._joined = True
+        budget.join()
         self._rsock: socket.socket | None = None
         self._ssock: socket.socket | None = None
         self._remote = _sockaddr(cfg.remote) if cfg.remote is not None else None
@@ -197,14 +209,18 @@ class DgramPort(Port):
             sock.setblocking(False)
             grow_buffers(sock, rcv=LINK_BUFFER, snd=LINK_BUFFER)  # unsent datagrams count against sndbuf
             self.info = f"unix={local}:{remote}"
+            assert isinstance(remote, UnixAddr)
             self._ssock = sock
-            self._connect_to = _sockaddr(remote)
+            path = _sockaddr(remote)
+            assert isinstance(path, (str, bytes))
+            self._connect_to = path
             self._remote = None
             self._try_connect()
             if not remote.abstract:
                 self._peer_check = self._loop.call_later(PEER_CHECK_INTERVAL, self._check_peer)
             return
         else:
+            assert isinstance(local, InetAddr) and isinstance(remote, InetAddr)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._rsock = sock
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -218,16 +234,29 @@ class DgramPort(Port):
         self._ssock = sock
 
     def _on_readable(self) -> None:
+        area = RX_AREA
+        if area.busy:
+            self._faults.record("dgram rx area in use")
+            buf = bytearray(NET_BUFSIZE + 1)
+            self._receive(memoryview(buf))
+            return
+        area.busy = True
+        try:
+            self._receive(area.view)
+        finally:
+            area.busy = False
+
+    def _receive(self, view: memoryview) -> None:
         sock = self._rsock
         if sock is None:
             return
-        view = self._view
         limit = NET_BUFSIZE
+        unread = RX_BYTES
         # recv_into, not recvfrom_into: no address tuple per datagram. Our own multicast echoes never
         # get here: the socket filter drops them in the kernel.
-        for _ in range(READS_PER_WAKEUP):
+        for _ in range(READS_PER_TURN):
             try:
-                n = sock.recv_into(self._buf)
+                n = sock.recv_into(view, limit + 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -238,7 +267,16 @@ class DgramPort(Port):
                 continue
             lan = self.lan
             if lan is not None:
-                lan.input(self, view[:n])
+                try:
+                    lan.input(self, view[:n])
+                except Exception:  # a bug behind the LAN costs this frame, never the link
+                    self.counters.rx_dropped += 1
+                    self._faults.record("dgram rx")
+            if self._rsock is None:
+                return  # closed by what the frame caused
+            unread -= n
+            if unread <= 0:
+                return
 
     def _try_connect(self) -> bool:
         """Connect to the peer's path (it may not exist yet, or may be a new socket after a restart)."""
@@ -279,7 +317,7 @@ class DgramPort(Port):
             return self._send_failed(exc, frame)
         return True
 
-    def _send_failed(self, exc: OSError, frame: bytes | memoryview) -> bool:
+    def _send_failed(self, exc: OSError, frame: BytesLike) -> bool:
         """A send error other than a full buffer; True if the frame went out after all."""
         peer_gone = self._connect_to is not None and exc.errno in _PEER_GONE and self._ssock is not None
         if peer_gone and self._try_connect():  # the peer appeared, or restarted with a new socket
@@ -296,8 +334,8 @@ class DgramPort(Port):
             log.debug("%s: send failed (%s), %d so far", self.label, exc.strerror or exc, self._send_errors)
         return False
 
-    def _enqueue(self, frame: bytes | memoryview) -> bool:
-        if len(self._queue) >= QUEUE_FRAMES or self._queued_bytes + len(frame) > QUEUE_BYTES:
+    def _enqueue(self, frame: BytesLike) -> bool:
+        if len(self._queue) >= QUEUE_FRAMES or self._queued_bytes + len(frame) > self._budget.out_limit:
             return False
         self._queue.append(bytes(frame))
         self._queued_bytes += len(frame)
@@ -331,6 +369,9 @@ class DgramPort(Port):
         self._writer_armed = False
 
     def close(self) -> None:
+        if self._joined:
+            self._joined = False
+            self._budget.leave()
         if self._peer_check is not None:
             self._peer_check.cancel()
             self._peer_check = None

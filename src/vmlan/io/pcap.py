@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 
+from vmlan.wire import BytesLike
 from vmlan.wire.pcap import build_global_header, build_record
 
 log = logging.getLogger("vmlan")
@@ -32,7 +33,7 @@ class PcapDump:
         self.frames = 0
         self.failed = False
 
-    def write(self, frame: bytes | memoryview) -> None:
+    def write(self, frame: BytesLike) -> None:
         if self.failed:
             return
         # pcap's 32-bit seconds: a clock outside 1970..2038 is clamped, not a reason to lose the frame.
@@ -61,3 +62,16 @@ class PcapDump:
         self.flush()
         with contextlib.suppress(OSError):
             self._file.close()
+
+
+class DumpTee:
+    """Several dumps on one direction of a port (a port has one sink per direction)."""
+
+    __slots__ = ("dumps",)
+
+    def __init__(self, dumps: list[PcapDump]) -> None:
+        self.dumps = dumps
+
+    def write(self, frame: BytesLike) -> None:
+        for dump in self.dumps:
+            dump.write(frame)

@@ -1,16 +1,27 @@
-"""Socket helpers shared by every link: buffer sizing, accepting under fd pressure."""
+"""Socket helpers shared by every link: buffer sizing and the link memory budget, accepting under fd
+pressure, logging internal errors."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import errno
+import logging
 import socket
 from collections.abc import Callable
 
-LINK_BUFFER = 4 * 1024 * 1024
+from vmlan.faults import Faults
+
+log = logging.getLogger("vmlan")
+
+LINK_BUFFER = 4 * 1024 * 1024  # a grown kernel buffer (the kernel doubles it for its bookkeeping)
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
+
+OUT_TOTAL = 64 * 1024 * 1024  # user-space output queues of all stream ports together
+OUT_MAX = 4 * 1024 * 1024  # one port's output queue, while there are few ports
+OUT_MIN = 160 * 1024  # one port's output queue however many ports there are: two of the largest frames
+GROWN_MAX = 8  # ports whose kernel send buffer may be grown to LINK_BUFFER at a time
 
 
 def grow_buffers(sock: socket.socket, *, rcv: int = 0, snd: int = 0) -> None:
@@ -26,6 +37,74 @@ def grow_buffers(sock: socket.socket, *, rcv: int = 0, snd: int = 0) -> None:
             sock.setsockopt(socket.SOL_SOCKET, forced, size)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+class LinkBudget:
+    """What the links of one process may hold in buffers, shared out among the ports that exist.
+
+    * User-space output queues: each port may queue ``out_limit`` bytes toward its peer, OUT_TOTAL
+      divided among the ports (at most OUT_MAX, at least OUT_MIN). Two ports get 4 MiB each, as
+      before; 64 ports 1 MiB each; a flood toward hundreds of stuck peers cannot take more than
+      OUT_MIN each.
+    * Kernel send buffers: a port starts with the system default (net.core.wmem_default, ~208 KB,
+      autotuned for TCP) and only a port whose peer keeps reading while we wait on a full buffer
+      (a bulk mover) gets LINK_BUFFER, and only GROWN_MAX ports at a time: a stuck peer never
+      reads, so it never grows.
+
+    Ports ``join`` when they open and ``leave`` when they close. All of it runs on event-loop
+    threads; the few fields are plain ints read on the hot path with one attribute load.
+    """
+
+    __slots__ = ("_members", "grown", "grown_max", "out_limit", "total")
+
+    def __init__(self, total: int = OUT_TOTAL, grown_max: int = GROWN_MAX) -> None:
+        self.total = total
+        self.grown_max = grown_max
+        self.grown = 0
+        self._members = 0
+        self.out_limit = OUT_MAX
+
+    @property
+    def members(self) -> int:
+        return self._members
+
+    def join(self) -> None:
+        self._members += 1
+        self._update()
+
+    def leave(self) -> None:
+        self._members = max(0, self._members - 1)
+        self._update()
+
+    def _update(self) -> None:
+        self.out_limit = max(OUT_MIN, min(OUT_MAX, self.total // max(1, self._members)))
+
+    def grow_send_buffer(self, sock: socket.socket) -> bool:
+        """Give ``sock`` a LINK_BUFFER send buffer if the budget allows; the caller calls
+        :meth:`release_grown` when that socket closes."""
+        if self.grown >= self.grown_max:
+            return False
+        try:
+            grow_buffers(sock, snd=LINK_BUFFER)
+        except OSError:
+            return False
+        self.grown += 1
+        return True
+
+    def release_grown(self) -> None:
+        self.grown = max(0, self.grown - 1)
+
+
+BUDGET = LinkBudget()
+
+
+def log_fault(kind: str, text: str) -> None:
+    """The I/O layer's report of a new kind of internal error: once per kind, with its traceback."""
+    log.error("internal error (%s); later ones of this kind are only counted:\n%s", kind, text.rstrip())
+
+
+def new_faults() -> Faults:
+    return Faults(on_new=log_fault)
 
 
 ACCEPT_PAUSE = 0.5

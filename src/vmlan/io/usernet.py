@@ -157,9 +157,9 @@ class UserNetPort(Port):
         c = self.stack.cfg
         return f"net={c.net.network_address},restrict={'on' if c.restrict else 'off'}"
 
-    def _log_fault(self, kind: str, exc: BaseException) -> None:
-        log.error("%s: internal error (%s), counted; later ones of this kind are only counted", self.label, kind,
-                  exc_info=exc)
+    def _log_fault(self, kind: str, text: str) -> None:
+        log.error("%s: internal error (%s), counted; later ones of this kind are only counted:\n%s", self.label,
+                  kind, text.rstrip())
 
     def _fault(self, kind: str, exc: BaseException) -> None:
         self.stack.faults.record(kind, exc)
