@@ -41,6 +41,7 @@ import os
 import secrets
 import socket
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -151,8 +152,33 @@ def _netlink_errno(exc: Exception) -> tuple[int, str]:
 def attach_to_bridge(ifname: str, bridge: str) -> tuple[int, str]:
     """Give ``ifname`` the bridge's MTU and a 0xFE MAC, enslave it, bring it up: (mtu, mac).
 
-    Raises OSError with qemu-bridge-helper's wording.
+    Raises OSError with qemu-bridge-helper's wording. pyroute2's synchronous API runs an asyncio loop
+    of its own, which cannot run on a thread whose loop is running (vmlan's): on such a thread the
+    work goes to a short-lived thread of its own (started from this one, so in the same network
+    namespace), and this one waits for it: a few milliseconds, once per bridge link.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _attach_to_bridge(ifname, bridge)
+    result: list[tuple[int, str]] = []
+    error: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(_attach_to_bridge(ifname, bridge))
+        except BaseException as exc:
+            error.append(exc)
+
+    worker = threading.Thread(target=work, name=f"rtnetlink-{ifname}")
+    worker.start()
+    worker.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _attach_to_bridge(ifname: str, bridge: str) -> tuple[int, str]:
     from pyroute2 import IPRoute  # type: ignore[import-untyped]  # only bridge links need it
 
     with IPRoute() as ipr:

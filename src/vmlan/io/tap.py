@@ -370,7 +370,7 @@ class TapPort(Port):
                 if n < VNET_HLEN:
                     counters.rx_dropped += 1
                     continue
-                if buf[0] & 1 or buf[1]:  # NEEDS_CSUM or a GSO type: something to carry along
+                if buf[0] & 0xFD or buf[1]:  # a flag but DATA_VALID, or a GSO type: parse (and check) it
                     offload = self._offload(view[:VNET_HLEN], n - VNET_HLEN)
                     if offload is None:
                         continue
