@@ -558,3 +558,34 @@ def test_tap_port_takes_an_open_descriptor(namespaces, hub_in):
         sock.close()
     h.call(port.close)
     assert port.closed and port not in h.hub.ports
+
+
+QEMU_HELPER = "/usr/lib/qemu/qemu-bridge-helper"
+
+
+def test_bridge_through_qemus_own_helper(tmp_path, namespaces, hub_in, lab):
+    """helper= with QEMU 7.2's qemu-bridge-helper itself. It reads only /etc/qemu/bridge.conf, so a
+    wrapper runs it in a private mount namespace where /etc is an overlay holding our ACL: the host's
+    /etc is never touched. A bridge its ACL allows works; one it denies fails with its words."""
+    assert os.path.exists(QEMU_HELPER), f"{QEMU_HELPER} missing: apt-get install qemu-system-common"
+    hns, br, n1, _n2 = lab
+    h = hub_in(hns)
+    wrapper = script(tmp_path / "helper-in-a-mount-ns", f"""\
+        exec unshare --mount --propagation private sh -c '
+            mkdir -p {tmp_path}/upper {tmp_path}/work
+            mount -t overlay overlay -o lowerdir=/etc,upperdir={tmp_path}/upper,workdir={tmp_path}/work /etc \\
+                || exit 9
+            mkdir -p /etc/qemu && printf "allow {br}\\ndeny denied0\\n" > /etc/qemu/bridge.conf
+            exec {QEMU_HELPER} "$@"' sh "$@"
+        """)
+    link = h.start(BridgeLink(bridge(f"bridge,id=b0,br={br},helper={wrapper}"), h.hub, h.loop))
+    info = bridge_link_info(hns, link.port.ifname)
+    assert info["master"] == br and info["address"].startswith("fe:") and info["mtu"] == 1400
+    assert link.port.vnet_hdr  # --use-vnet: the helper asked for IFF_VNET_HDR
+    rec = h.attach(Recorder(keep=True))
+    subprocess.run(["ip", "netns", "exec", n1, sys.executable, BLOB, "ping", "10.79.0.99", "1"], capture_output=True)
+    assert wait_for(lambda: any(f[12:14] == b"\x08\x06" for f in rec.frames), what="N1's ARP through QEMU's helper")
+    with pytest.raises(LinkError) as refused:
+        h.call(BridgeLink(bridge(f"bridge,id=b1,br=denied0,helper={wrapper}"), h.hub, h.loop).start)
+    assert str(refused.value) == "-netdev bridge,id=b1: failed to recv file descriptor: access denied by acl file"
+    assert not os.path.exists("/etc/qemu")
