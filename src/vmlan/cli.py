@@ -23,6 +23,8 @@ from vmlan.config.cmdline import RunConfig, parse_run_args
 from vmlan.config.errors import ConfigError
 from vmlan.config.netdev import StreamNetdev, UserNetdev
 from vmlan.config.qemu_args import guest_args
+from vmlan.config.tap import BridgeNetdev, TapNetdev
+from vmlan.config.vde import VdeNetdev
 from vmlan.io.errors import LinkError
 from vmlan.io.loop import new_event_loop
 from vmlan.io.sockopt import raise_fd_limit
@@ -34,6 +36,7 @@ log = logging.getLogger("vmlan")
 
 USAGE = """\
 usage: vmlan run [options]
+       vmlan plug [-g GROUP] [-m MODE] [--port N] [-D DESCR] [SOCKDIR]   (vmlan plug --help)
        vmlan --version
 
 vmlan run: QEMU's network backends as a standalone process.
@@ -43,10 +46,16 @@ vmlan run: QEMU's network backends as a standalone process.
   -netdev stream,id=ID,server=on|off,addr.type=unix,addr.path=PATH
   -netdev dgram,id=ID,remote.type=inet|unix,...[,local.type=inet|unix,...]
   -netdev user,id=ID[,net=...,hostfwd=...]       QEMU's user-mode network (see README)
+  -netdev vde,id=ID,sock=DIR[,port=N][,group=G][,mode=0700][,reconnect-ms=MS]   join a VDE switch
+  -netdev vde,id=ID,sock=DIR,server=on[,mode=0600][,group=G][,max-peers=32]     be a VDE switch
+  -netdev tap,id=ID[,ifname=NAME][,script=PATH|no][,downscript=PATH|no][,vnet_hdr=on|off] | tap,id=ID,fd=N
+  -netdev bridge,id=ID[,br=NAME][,helper=PATH]   a TAP on a Linux bridge (ACL /etc/vmlan/bridge.conf)
         every netdev also takes hubid=N (default 0): netdevs on one hub share a LAN;
         listening ones take max-peers=N (default 64): peers served at a time
   -hub id=N[,mode=hub|switch][,aging=SECONDS]   hub N floods (hub) or learns MACs (switch)
   -object filter-dump,id=ID,netdev=ID,file=PATH[,maxlen=65536][,queue=all|rx|tx]
+  -object filter-netem,id=ID,netdev=ID[,loss=PCT][,delay=MS][,jitter=MS][,duplicate=PCT][,reorder=PCT]
+          [,rate=MBIT][,limit=FRAMES][,queue=all|rx|tx][,seed=N]
   -v, --verbose    log more (twice: debug)
   -q, --quiet      log only warnings and errors
 With no -netdev, serves QEMU's default network (-netdev user,id=user0: 10.0.2.0/24, DHCP from
@@ -63,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] in ("-V", "--version"):
         print(f"vmlan {__version__}")
         return 0
+    if args[0] == "plug":
+        from vmlan.plug import main as plug_main
+
+        return plug_main(args[1:])
     if args[0] != "run":
         sys.stderr.write(f"vmlan: unknown command '{args[0]}' (try 'vmlan --help')\n")
         return 2
@@ -180,6 +193,8 @@ def _print_attach_hints(cfg: RunConfig) -> None:
             log.info("user %s: user-mode network %s (gateway %s, DNS %s, DHCP from %s) on hub %d", nd.id, nd.net,
                      nd.host, nd.dns, nd.dhcp_start, nd.hubid)
             continue
+        if isinstance(nd, TapNetdev | BridgeNetdev) or (isinstance(nd, VdeNetdev) and not nd.server):
+            continue  # a host interface or somebody else's switch: guests do not attach to vmlan there
         mac = f"52:54:00:12:34:{0x56 + index:02x}"
         index += 1
         opts = " ".join(guest_args(nd, mac))

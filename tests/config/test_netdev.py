@@ -71,7 +71,8 @@ def test_stream_and_dgram_keyval():
         ),
         ("dgram,id=a,local.type=unix,local.path=/x", "dgram requires remote= parameter"),
         ("dgram,id=a,remote.type=unix,remote.path=/x", "dgram requires local= parameter"),
-        ("tap,id=t", "netdev type 'tap' is not available in this version of vmlan"),
+        ("l2tpv3,id=t", "netdev type 'l2tpv3' is not available in this version of vmlan"),
+        ("tap,id=t,fd=3,script=no", "are invalid with fd="),
         ("frobnicate,id=u", "Parameter 'type' does not accept value 'frobnicate'"),
     ],
 )
@@ -189,3 +190,18 @@ def test_max_peers_on_listening_netdevs():
 def test_max_peers_is_checked(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_netdev(text)
+
+
+def test_vde_netdev_and_its_guest_side():
+    from vmlan.config.vde import VdeNetdev
+
+    nd = parse_netdev("vde,id=s,sock=/tmp/sw,server=on")
+    assert isinstance(nd, VdeNetdev) and nd.server and nd.mode == 0o600
+    assert guest_netdev(nd) == "vde,id=n0,sock=/tmp/sw"
+    assert parse_netdev("vde,id=c,sock=/tmp/sw,port=2") == VdeNetdev("c", 0, "/tmp/sw", False, 2)
+    with pytest.raises(ValueError, match="a VDE client is not a link guests attach to"):
+        guest_netdev(parse_netdev("vde,id=c,sock=/tmp/sw"))
+    with pytest.raises(ConfigError) as err:
+        parse_run_args(["-netdev", "vde,id=s,server=on"])
+    assert str(err.value) == ("-netdev vde,id=s,server=on: Parameter 'sock' is missing "
+                              "(server=on serves the control directory sock=DIR)")

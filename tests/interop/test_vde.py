@@ -373,3 +373,22 @@ def test_two_qemu_vde_guests_joined_by_dpipe_and_vmlan_plug(vmlan, procs, make_g
     exchange(a, b)
     plug_port = next(p for p in srv.ports if ": vmlan plug: user=" in p.describe())
     assert plug_port.counters.rx_frames > 1000 and plug_port.counters.tx_frames > 1000
+
+
+def test_vmlan_run_serves_vde_and_vmlan_plug_is_a_subcommand(vmlan_run, procs, tmp_path):
+    """``vmlan run -netdev vde,...,server=on`` with vde_plug and ``vmlan plug`` peers; SIGTERM cleans up."""
+    sockdir = tmp_path / "sw"
+    vm = vmlan_run("-netdev", f"vde,id=s,sock={sockdir},server=on")
+    a = plug_peer(procs, sockdir)
+    b = procs.start([sys.executable, "-m", "vmlan", "plug", str(sockdir)])
+    vm.wait_log("peer s.2 connected")
+    f = eth(BCAST, GEN, b"vde_plug -> vmlan run -> vmlan plug")
+    send(a, f)
+    assert receive(b) == f
+    g = eth(GEN, OTHER, b"vmlan plug -> vmlan run -> vde_plug")
+    send(b, g)
+    assert receive(a) == g
+    log = vm.stop()
+    assert "attach a QEMU guest to s with: -netdev vde,id=n0,sock=" in log
+    assert not sockdir.exists()
+    assert b.wait(10) == 1  # the switch went away

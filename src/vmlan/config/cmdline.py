@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from vmlan.config.errors import ConfigError
+from vmlan.config.filters import NetemConfig
 from vmlan.config.netdev import (
     DumpConfig,
     HubConfig,
@@ -29,6 +30,7 @@ class RunConfig:
     netdevs: list[NetdevConfig] = field(default_factory=list)
     hubs: dict[int, HubConfig] = field(default_factory=dict)
     dumps: list[DumpConfig] = field(default_factory=list)
+    netems: list[NetemConfig] = field(default_factory=list)
     verbose: int = 0
     quiet: bool = False
     is_default: bool = False
@@ -96,7 +98,11 @@ def parse_run_args(argv: list[str]) -> RunConfig:
                     raise ConfigError(f"Duplicate ID '{hub.id}' for hub")
                 cfg.hubs[hub.id] = hub
             else:
-                cfg.dumps.append(parse_object(text))
+                obj = parse_object(text)
+                if isinstance(obj, NetemConfig):
+                    cfg.netems.append(obj)
+                else:
+                    cfg.dumps.append(obj)
         except OptionError:
             raise
         except ConfigError as exc:
@@ -116,6 +122,19 @@ def parse_run_args(argv: list[str]) -> RunConfig:
         dump_ids.add(dump.id)
         if dump.netdev not in seen:
             raise ConfigError(f"-object filter-dump,id={dump.id}: Device '{dump.netdev}' not found (netdev=)")
+    netem_slots: set[tuple[str, str]] = set()
+    for nc in cfg.netems:
+        if nc.id in dump_ids:
+            raise ConfigError(f"-object id={nc.id}: attempt to add duplicate property '{nc.id}' to object")
+        dump_ids.add(nc.id)
+        if nc.netdev not in seen:
+            raise ConfigError(f"-object filter-netem,id={nc.id}: Device '{nc.netdev}' not found (netdev=)")
+        for direction in ("rx", "tx"):
+            if getattr(nc, direction):
+                if (nc.netdev, direction) in netem_slots:
+                    raise ConfigError(f"-object filter-netem,id={nc.id}: netdev '{nc.netdev}' already has "
+                                      f"a filter-netem on {direction}")
+                netem_slots.add((nc.netdev, direction))
     for nd in cfg.netdevs:
         cfg.hubs.setdefault(nd.hubid, HubConfig(nd.hubid))
     return cfg

@@ -1,4 +1,7 @@
-"""``-netdev``, ``-hub`` and ``-object filter-dump`` options, validated into frozen configs.
+"""``-netdev``, ``-hub`` and ``-object filter-dump|filter-netem`` options, validated into frozen configs.
+
+``-netdev vde``, ``tap`` and ``bridge`` are validated in :mod:`vmlan.config.vde` and :mod:`vmlan.config.tap`,
+``-object filter-netem`` in :mod:`vmlan.config.filters`.
 
 Option names, defaults and error wording follow QEMU 7.2 (net/socket.c, net/stream.c, net/dgram.c,
 qapi/net.json). vmlan's own additions are few and named here: ``hubid=`` on any netdev (QEMU has it
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmlan.config.errors import ConfigError
+from vmlan.config.filters import NetemConfig, parse_filter_netem
 from vmlan.config.qemuopts import (
     check_id,
     flatten,
@@ -25,8 +29,10 @@ from vmlan.config.qemuopts import (
     parse_qemuopts,
     parse_uint,
 )
+from vmlan.config.tap import BridgeNetdev, TapNetdev, parse_bridge_netdev, parse_tap_netdev
 from vmlan.config.usernet import UserNetdev as UserNetdev  # re-exported: one of the NetdevConfig shapes
 from vmlan.config.usernet import parse_user_netdev
+from vmlan.config.vde import VdeNetdev, parse_vde_netdev
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +87,7 @@ class DgramNetdev:
     mcast_if: str | None = None  # socket's localaddr= / dgram's local.host for a multicast remote
 
 
-NetdevConfig = StreamNetdev | DgramNetdev | UserNetdev
+NetdevConfig = StreamNetdev | DgramNetdev | UserNetdev | VdeNetdev | TapNetdev | BridgeNetdev
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +310,13 @@ def parse_netdev(text: str) -> NetdevConfig:
         return _socket_netdev(parse_qemuopts(text))
     if head == "user":
         return parse_user_netdev(parse_qemuopts(text))
-    if head in ("tap", "bridge", "vde", "l2tpv3", "vhost-user", "vhost-vdpa", "hubport"):
+    if head == "vde":
+        return parse_vde_netdev(parse_qemuopts(text))
+    if head == "tap":
+        return parse_tap_netdev(parse_qemuopts(text))
+    if head == "bridge":
+        return parse_bridge_netdev(parse_qemuopts(text))
+    if head in ("l2tpv3", "vhost-user", "vhost-vdpa", "hubport"):
         raise ConfigError(f"netdev type '{head}' is not available in this version of vmlan")
     if not head:
         raise ConfigError("Parameter 'type' is missing")
@@ -327,15 +339,19 @@ def parse_hub(text: str) -> HubConfig:
     return HubConfig(hub_id, mode, aging)
 
 
-def parse_object(text: str) -> DumpConfig:
-    """``-object filter-dump,...``: the only object type vmlan knows so far."""
+def parse_object(text: str) -> DumpConfig | NetemConfig:
+    """``-object filter-dump,...`` or ``-object filter-netem,...``."""
     pairs = parse_qemuopts(text, implied_key="qom-type")
     opts = dict(pairs)
     kind = opts.get("qom-type")
     if kind is None:
         raise ConfigError("Parameter 'qom-type' is missing")
+    if kind == "filter-netem":
+        return parse_filter_netem(pairs)
     if kind != "filter-dump":
-        raise ConfigError(f"Parameter 'qom-type' does not accept value '{kind}' (vmlan knows filter-dump)")
+        raise ConfigError(
+            f"Parameter 'qom-type' does not accept value '{kind}' (vmlan knows filter-dump, filter-netem)"
+        )
     for key in opts:
         if key not in ("qom-type", "id", "netdev", "file", "maxlen", "queue", "status", "position", "insert"):
             raise ConfigError(f"Property 'filter-dump.{key}' not found")

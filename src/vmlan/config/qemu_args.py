@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from vmlan.config.netdev import InetAddr, NetdevConfig, SocketAddress, StreamNetdev, UnixAddr, UserNetdev
+from vmlan.config.tap import BridgeNetdev, TapNetdev
+from vmlan.config.vde import VdeNetdev
 
 
 def escape(value: str) -> str:
@@ -35,6 +37,12 @@ def guest_netdev(nd: NetdevConfig, netdev_id: str = "n0") -> str:
         return f"stream,id={netdev_id},server={server},{_keyval_addr('addr', nd.addr, connect=nd.server)}"
     if isinstance(nd, UserNetdev):
         raise ValueError("a user-mode stack is not a link: attach guests to another netdev on its hub")
+    if isinstance(nd, VdeNetdev):
+        if not nd.server:
+            raise ValueError("a VDE client is not a link guests attach to: attach them to its switch")
+        return f"vde,id={netdev_id},sock={escape(nd.sock)}"
+    if isinstance(nd, TapNetdev | BridgeNetdev):
+        raise ValueError("a TAP is a host interface, not a link guests attach to")
     if nd.multicast:
         assert isinstance(nd.remote, InetAddr)
         if nd.driver == "socket":

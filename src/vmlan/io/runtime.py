@@ -22,18 +22,25 @@ import stat
 from collections.abc import Sequence
 
 from vmlan.config.cmdline import RunConfig, default_socket_dir
+from vmlan.config.filters import NetemConfig
 from vmlan.config.netdev import DgramNetdev, DumpConfig, NetdevConfig, StreamNetdev, UnixAddr, UserNetdev
+from vmlan.config.tap import BridgeNetdev, TapNetdev
+from vmlan.config.vde import VdeNetdev
+from vmlan.io.bridge import BridgeLink
 from vmlan.io.dgram import DgramPort
 from vmlan.io.errors import LinkError
+from vmlan.io.netem import NetemFilter
 from vmlan.io.pcap import DumpTee, PcapDump
 from vmlan.io.sockopt import new_faults
 from vmlan.io.stream import StreamClient, StreamServer
+from vmlan.io.tap import TapLink
 from vmlan.io.usernet import UserNetPort
+from vmlan.io.vde import VdeClient, VdeServer
 from vmlan.lan import FrameSink, Hub, Port, make_lan
 
 log = logging.getLogger("vmlan")
 
-Link = StreamServer | StreamClient | DgramPort | UserNetPort
+Link = StreamServer | StreamClient | DgramPort | UserNetPort | VdeServer | VdeClient | TapLink | BridgeLink
 
 
 class DuplicateId(LinkError):
@@ -58,6 +65,8 @@ class Runtime:
         self.links: dict[str, Link] = {}
         self.dumps: dict[str, PcapDump] = {}
         self._dump_cfgs: dict[str, DumpConfig] = {}
+        self._netem_cfgs: list[NetemConfig] = list(cfg.netems)
+        self.netems: list[NetemFilter] = []  # one per port and netem object (a peer that left keeps its until close)
 
     @property
     def netdevs(self) -> list[Link]:
@@ -73,10 +82,10 @@ class Runtime:
         """Open what the command line names; a LinkError aborts the start (the caller closes what was
         opened). A connecting netdev counts as open once its first attempt succeeded (or, with
         reconnect-ms, once it has been tried)."""
-        clients: list[StreamClient] = []
+        clients: list[StreamClient | VdeClient] = []
         for nd in self.cfg.netdevs:
             link = self._add(nd, report_failure=False)
-            if isinstance(link, StreamClient):
+            if isinstance(link, StreamClient | VdeClient):
                 clients.append(link)
         for dc in self.cfg.dumps:
             self.add_filter_dump(dc)
@@ -106,15 +115,32 @@ class Runtime:
             _prepare_socket_dir(nd)
             if nd.server:
                 server = StreamServer(nd, hub, self.loop, self.faults)
-                server.on_port = lambda port, ident=nd.id: self._apply_dumps(ident, [port])
+                server.on_port = lambda port, ident=nd.id: self._new_ports(ident, [port])
                 server.start()
                 link = server
             else:
                 client = StreamClient(nd, hub, self.loop, self.faults)
-                client.on_port = lambda port, ident=nd.id: self._apply_dumps(ident, [port])
+                client.on_port = lambda port, ident=nd.id: self._new_ports(ident, [port])
                 client.report_failure = report_failure
                 client.start()
                 link = client
+        elif isinstance(nd, VdeNetdev):
+            if nd.server:
+                vde_server = VdeServer(nd, hub, self.loop)
+                vde_server.on_port = lambda port, ident=nd.id: self._new_ports(ident, [port])
+                vde_server.start()
+                link = vde_server
+            else:
+                vde_client = VdeClient(nd, hub, self.loop)
+                vde_client.on_port = lambda port, ident=nd.id: self._new_ports(ident, [port])
+                vde_client.report_failure = report_failure
+                vde_client.begin()
+                link = vde_client
+        elif isinstance(nd, TapNetdev | BridgeNetdev):
+            host_link = TapLink(nd, hub, self.loop) if isinstance(nd, TapNetdev) else BridgeLink(nd, hub, self.loop)
+            host_link.on_port = lambda port, ident=nd.id: self._new_ports(ident, [port])
+            host_link.start()  # raises LinkError (a failed script, a refused bridge), having cleaned up
+            link = host_link
         elif isinstance(nd, UserNetdev):
             user = UserNetPort(nd, self.loop)
             user.start()  # closes itself if it fails
@@ -127,7 +153,7 @@ class Runtime:
             hub.attach(port)
             link = port
         self.links[nd.id] = link
-        self._apply_dumps(nd.id, link.ports)
+        self._new_ports(nd.id, link.ports)
         return link
 
     def remove(self, ident: str) -> None:
@@ -190,6 +216,22 @@ class Runtime:
         del self._dump_cfgs[ident]
         self.dumps.pop(ident).close()
 
+    def _new_ports(self, netdev: str, ports: Sequence[Port]) -> None:
+        """A netdev's port appeared (at start, or a peer connected): captures and emulators join it."""
+        self._apply_dumps(netdev, ports)
+        if self.netems:  # forget the emulators of peers that left
+            gone = [n for n in self.netems if n.port is None or n.port.lan is None]
+            for netem in gone:
+                netem.close()
+            self.netems = [n for n in self.netems if n not in gone]
+        for nc in self._netem_cfgs:
+            if nc.netdev != netdev:
+                continue
+            for port in ports:
+                netem = NetemFilter(nc, self.loop)
+                netem.attach(port)
+                self.netems.append(netem)
+
     def _apply_dumps(self, netdev: str, ports: Sequence[Port]) -> None:
         """Point the ports' rx/tx sinks at the netdev's dumps (one sink per direction, a tee for more)."""
         rx: list[PcapDump] = []
@@ -213,6 +255,9 @@ class Runtime:
             except Exception:
                 self.faults.record("close")
         self.links.clear()
+        for netem in self.netems:
+            netem.close()
+        self.netems.clear()
         for dump in self.dumps.values():
             dump.close()
         self.dumps.clear()

@@ -805,7 +805,10 @@ class VdeClient:
         self.descr = descr or description(f"vmlan:{cfg.id}")
         self._retry: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._first: asyncio.Task[None] | None = None
         self._closing = False
+        self.report_failure = True
+        self.error: LinkError | None = None
 
     @property
     def ports(self) -> list[VdePort]:
@@ -816,6 +819,25 @@ class VdeClient:
         if self.port is None:
             return f"sock={where}, not connected"
         return f"sock={where},fd={self.port.data_fd}, port {self.port.number}"
+
+    def begin(self) -> None:
+        """Start the first attempt without waiting (the runtime's registry): :meth:`wait_started` gives
+        its outcome, or a failure is logged when nobody waits (``report_failure``)."""
+        self._first = self.loop.create_task(self._first_attempt())
+
+    async def _first_attempt(self) -> None:
+        try:
+            await self.start()
+        except LinkError as exc:
+            self.error = exc
+            if self.report_failure:
+                log.warning("%s: %s", self.label, exc)
+
+    async def wait_started(self) -> None:
+        if self._first is not None:
+            await self._first
+        if self.error is not None:
+            raise self.error
 
     async def start(self) -> None:
         """Connect once; without reconnect-ms a switch that cannot be joined is a startup error."""
