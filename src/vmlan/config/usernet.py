@@ -20,7 +20,8 @@ QEMU options and defaults
 
 vmlan extensions
     ``hubid=N``             hub to join (default 0), as on every vmlan netdev.
-    ``dns-server=IP[:PORT]`` upstream resolver, repeatable (port 53). None given: the I/O layer reads the
+    ``dns-server=IP[:PORT]`` upstream resolver, repeatable (port 53; IPv6 as ``[ADDR]:PORT`` or ``ADDR``).
+                            None given: the I/O layer reads the
                             host's /etc/resolv.conf nameservers.
     ``dns-static=NAME:IP``  static A record answered by the virtual DNS, repeatable (split at the last ':';
                             NAME is stored lower-case without a trailing dot).
@@ -54,7 +55,7 @@ import logging
 import re
 import socket
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_address
 
 from vmlan.config.errors import ConfigError
 from vmlan.config.qemuopts import check_id, parse_bool, parse_uint
@@ -527,15 +528,27 @@ def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
 
     dns_servers: list[tuple[str, int]] = []
     for value in lists["dns-server"]:
-        addr_text, colon, port_text = value.partition(":")
-        expects = "IPV4[:PORT]"
-        addr = _strict_ipv4("dns-server", addr_text, value, expects)
+        expects = "IPV4[:PORT] or [IPV6]:PORT or IPV6"
+        if value.startswith("["):  # [IPV6]:PORT, as in a URL
+            addr_text, bracket, rest = value[1:].partition("]")
+            colon, port_text = rest[:1], rest[1:]
+            if not bracket or (rest and colon != ":"):
+                raise ConfigError(f"Parameter 'dns-server' expects {expects} (got '{value}')")
+        elif value.count(":") > 1:
+            addr_text, colon, port_text = value, "", ""
+        else:
+            addr_text, colon, port_text = value.partition(":")
+        try:
+            addr = ip_address(addr_text.split("%", 1)[0])
+        except ValueError:
+            raise ConfigError(f"Parameter 'dns-server' expects {expects} (got '{value}')") from None
         port = 53
         if colon:
             if not _PORT_RE.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
                 raise ConfigError(f"Parameter 'dns-server' expects {expects} (got '{value}')")
             port = int(port_text)
-        dns_servers.append((str(addr), port))
+        zone = "%" + addr_text.split("%", 1)[1] if "%" in addr_text else ""
+        dns_servers.append((str(addr) + zone, port))
 
     dns_static: list[tuple[str, IPv4Address]] = []
     for value in lists["dns-static"]:

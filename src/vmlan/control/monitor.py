@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from vmlan.lan import Port
 
 if TYPE_CHECKING:
+    from vmlan.engines.usernet import UserStack
     from vmlan.io.runtime import Runtime
     from vmlan.io.usernet import UserNetPort
 
@@ -68,4 +69,29 @@ def info_usernet(port: UserNetPort, hubid: int) -> str:
         elif isinstance(flow, PingFlow):
             left = max(0, int(flow.deadline - now)) if flow.deadline != float("inf") else 0
             row(f"ICMP[{left} sec]", port.fd_of(flow.fid), socket.inet_ntoa(flow.guest_ip), 0, flow.dst, 0)
+    rows.extend(guest_lines(stack))
     return "\n".join(rows)
+
+
+def guest_lines(stack: UserStack) -> list[str]:
+    """vmlan's addition to ``info usernet``: each guest (a port of the hub) with what it holds, then
+    the stack's drop counters that are not zero."""
+    from vmlan.wire.ethernet import mac_to_str
+
+    out = ["  Guest (port)         MAC                Address           TCP   UDP  ICMP"]
+    for guest in stack.guests.by_port.values():
+        macs = sorted(guest.macs) or [b""]
+        for i, mac in enumerate(macs):
+            ip = guest.ip_of.get(mac)
+            name = guest.name if i == 0 else ""
+            addr = socket.inet_ntoa(ip) if ip else "-"
+            counts = f"{guest.tcp:5d} {guest.udp:5d} {guest.pings:5d}" if i == 0 else ""
+            out.append(f"  {name:<20s} {mac_to_str(mac) if mac else '-':<18s} {addr:<15s} {counts}")
+    drops = {**stack.counters.as_dict(), **stack.guests.counters.as_dict()}
+    shown = ", ".join(f"{k}={v}" for k, v in drops.items() if v and k not in ("frames_in", "tcp_flows", "udp_flows"))
+    if shown:
+        out.append(f"  counters: {shown}")
+    if stack.faults.total:
+        out.append("  internal errors: " + ", ".join(f"{k} x{n}" for k, n in stack.faults.counts.items()))
+    return out
+
