@@ -1,7 +1,7 @@
 """Reading XML safely and writing it the way libvirt's formatter does.
 
 Reading: lxml (libxml2, the parser libvirt uses) with entity resolution, the network, DTD loading and
-huge trees all off. A document with a DOCTYPE is refused outright: libvirt's XML never needs one, and
+huge trees all off. A document with a DOCTYPE is refused outright, before libxml2 reads it: libvirt's XML never needs one, and
 without a DTD there are no entities to expand (no billion laughs) and no external entities to fetch
 (no XXE); an undefined ``&name;`` is then a plain well-formedness error. Input is capped at 10 MiB,
 virsh's own limit for an XML file (VSH_MAX_XML_FILE). A syntax error becomes one line naming the
@@ -27,6 +27,7 @@ from vmlan.config.libvirt.errors import XMLError, XMLSyntaxError
 
 MAX_XML_BYTES: Final = 10 * 1024 * 1024
 
+_NO_DOCTYPE = "a DOCTYPE is not accepted (libvirt XML has no DTD, so no entities to declare)"
 _POSITION_SUFFIX = re.compile(r", line \d+, column \d+\Z")
 
 
@@ -35,6 +36,11 @@ def parse_document(text: str | bytes, docname: str, root: str | tuple[str, ...])
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     if len(data) > MAX_XML_BYTES:
         raise XMLSyntaxError(f"{docname}: XML document too large ({len(data)} bytes, at most {MAX_XML_BYTES})")
+    doctype = data.find(b"<!DOCTYPE")
+    if doctype >= 0:  # before libxml2 sees it, so no entity is ever declared, let alone expanded
+        line = data.count(b"\n", 0, doctype) + 1
+        column = doctype - (data.rfind(b"\n", 0, doctype) + 1) + 1
+        raise XMLSyntaxError(f"{docname}:{line}:{column}: {_NO_DOCTYPE}")
     parser = etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -54,7 +60,7 @@ def parse_document(text: str | bytes, docname: str, root: str | tuple[str, ...])
         raise XMLSyntaxError(f"{docname}: {exc}") from None
     tree = element.getroottree()
     if tree.docinfo.internalDTD is not None:
-        raise XMLSyntaxError(f"{docname}: a DOCTYPE is not accepted (no DTDs or entities in libvirt XML)")
+        raise XMLSyntaxError(f"{docname}: {_NO_DOCTYPE}")
     names = (root,) if isinstance(root, str) else root
     if element.tag not in names:
         name = element.tag if isinstance(element.tag, str) else "?"
