@@ -208,4 +208,4 @@ def format_args(argv: Sequence[str]) -> str:
 
 def parse_args(text: str) -> list[str]:
     """The inverse of :func:`format_args` (shell words, continuations joined)."""
-    return shlex.split(text)
+    return shlex.split(text.replace("\\\n", ""))  # a shell drops backslash-newline before splitting

@@ -1,12 +1,13 @@
 """Reading XML safely and writing it the way libvirt's formatter does.
 
-Reading: lxml (libxml2, the parser libvirt uses) with entity resolution, the network, DTD loading and
-huge trees all off. A document with a DOCTYPE is refused outright, before libxml2 reads it: libvirt's XML never needs one, and
-without a DTD there are no entities to expand (no billion laughs) and no external entities to fetch
-(no XXE); an undefined ``&name;`` is then a plain well-formedness error. Input is capped at 10 MiB,
-virsh's own limit for an XML file (VSH_MAX_XML_FILE). A syntax error becomes one line naming the
-document, line and column: ``(network_definition):4:1: Unescaped '<' not allowed in attributes values``
-(libvirt prints the same first libxml2 error, then the offending line and a caret on two more lines).
+Reading: lxml (libxml2, the parser libvirt uses) with entity resolution, the network, DTD loading
+and huge trees all off. A document with a DOCTYPE is refused outright, before libxml2 reads it:
+libvirt's XML never needs one, and without a DTD there are no entities to expand (no billion laughs)
+and no external entities to fetch (no XXE); an undefined ``&name;`` is a plain well-formedness error.
+Input is capped at 10 MiB, virsh's own limit for an XML file (VSH_MAX_XML_FILE). A syntax error becomes
+one line naming the document, line and column, e.g.
+``(network_definition):4:1: Unescaped '<' not allowed in attributes values`` (libvirt prints the same
+first libxml2 error, then the offending line and a caret on two more lines).
 
 Lookups mirror libvirt's two styles: ``virXPathString("string(./x/@a)")`` treats an empty value as
 absent (:func:`xpath_attr`), while ``virXMLPropString`` keeps it (:func:`prop`).
