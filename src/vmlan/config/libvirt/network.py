@@ -604,6 +604,8 @@ def _parse_ip(name: str, node: etree._Element) -> NetworkIP:
                 server_text = prop(sub, "server")
                 bootp_server = None if server_text is None else _socket_addr_or_fail(server_text)
                 bootp_file = file
+    if not (ranges or hosts):  # libvirt writes <dhcp> (and so <bootp>) only around a range or a host
+        bootp_file = bootp_server = None
     tftp_root = None
     tftp = child(node, "tftp")
     if tftp is not None:

@@ -34,7 +34,10 @@ _POSITION_SUFFIX = re.compile(r", line \d+, column \d+\Z")
 
 def parse_document(text: str | bytes, docname: str, root: str | tuple[str, ...]) -> etree._Element:
     """Parse ``text`` into its root element, which must be named ``root`` (or one of them)."""
-    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    try:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    except UnicodeEncodeError as exc:  # a lone surrogate in a str
+        raise XMLSyntaxError(f"{docname}: not a Unicode string (a lone surrogate at offset {exc.start})") from None
     if len(data) > MAX_XML_BYTES:
         raise XMLSyntaxError(f"{docname}: XML document too large ({len(data)} bytes, at most {MAX_XML_BYTES})")
     doctype = data.find(b"<!DOCTYPE")
