@@ -24,8 +24,10 @@ vmlan's choices where libvirt is looser or does something vmlan cannot
     (vmlan's stack, like passt, can do it). ``<bandwidth>``, ``<vlan>``, ``<virtualport>``,
     ``<filterref>``, ``<teaming>``, ``<port>``, ``<tune>``, ``<coalesce>``, ``<guest>``,
     ``<backenddomain>`` and host-side ``<source><ip|route>`` are refused ("... is not supported by
-    vmlan"). ``<address>``, ``<driver>``, ``<rom>`` and ``<acpi>`` (device placement and tuning) are
-    ignored and not written back; so are elements libvirt itself does not know.
+    vmlan"). ``<address>``, ``<driver>``, ``<rom>`` and ``<acpi>`` (device placement and tuning) and
+    ``<backend>``'s tap/vhost/logFile are ignored and not written back; so are elements libvirt itself
+    does not know. A missing ``<model>`` stays absent (libvirt's QEMU driver writes its default, rtl8139,
+    into the definition; here the default is applied when building QEMU arguments).
 
 Target names and aliases (``live``)
     A definition (``live=False``, libvirt's VIR_DOMAIN_DEF_PARSE_INACTIVE) drops target names that
