@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from netns import HubThread, setns
-from vmlan.control.backends import LeaseRecord
+from vmlan.control.backends import LeaseRecord, LeaseStore
 
 T = TypeVar("T")
 
@@ -41,18 +41,28 @@ class MemoryLeases:
 
 @dataclass
 class FakeContext:
-    """The contract's NetworkContext with what a test needs to look at (``emitted`` events)."""
+    """The contract's NetworkContext (its fields, typed as the contract types them) plus what a test
+    looks at: ``store`` (the leases persisted) and ``emitted`` (the events)."""
 
     loop: asyncio.AbstractEventLoop
     runtime: Any = None
     state_dir: Path = Path("/nonexistent")
-    leases: MemoryLeases = field(default_factory=MemoryLeases)
+    leases: LeaseStore = field(default_factory=MemoryLeases)
+    events: Callable[[str, dict[str, object]], None] = field(init=False)
     emitted: list[tuple[str, dict[str, object]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def events(self, kind: str, data: dict[str, object]) -> None:
+    def __post_init__(self) -> None:
+        self.events = self._record
+
+    def _record(self, kind: str, data: dict[str, object]) -> None:
         with self.lock:
             self.emitted.append((kind, data))
+
+    @property
+    def store(self) -> MemoryLeases:
+        assert isinstance(self.leases, MemoryLeases)
+        return self.leases
 
     def of_kind(self, kind: str) -> list[dict[str, object]]:
         with self.lock:

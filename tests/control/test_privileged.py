@@ -369,7 +369,7 @@ def dns_tcp(client: str, server: str, names: list[str]) -> list[tuple[int, int, 
             for i, name in enumerate(names):  # pipelined on one connection
                 msg = build_dns_query(name, qid=i + 1)
                 s.sendall(struct.pack("!H", len(msg)) + msg)
-            out = []
+            out: list[tuple[int, int, list[str]]] = []
             buf = b""
             while len(out) < len(names):
                 chunk = s.recv(4096)
@@ -407,7 +407,7 @@ def test_dhcp_and_dns_served_on_the_bridge(host: NetThread, backend: PrivilegedB
         granted = ctx.of_kind("lease-granted")
         assert [(e["network"], e["mac"], e["ip"]) for e in granted] == [("t1", mac, lease["ip"])]
         assert [(r.mac, r.ip) for r in running.leases()] == [(mac, lease["ip"])]
-        assert ctx.leases.records["t1"][mac].ip == lease["ip"]
+        assert ctx.store.records["t1"][mac].ip == lease["ip"]
         # DNS: static names (with the domain), the host, a forwarded name; over UDP and TCP
         assert dns_udp(client, "10.50.0.1", "db") == (0x4242, 0, ["10.50.0.9"])
         assert dns_udp(client, "10.50.0.1", "web.lab.example")[2] == ["10.50.0.5"]
@@ -522,9 +522,9 @@ def test_unnamed_bridge_gets_the_first_free_virbr(host: NetThread, backend: Priv
 
 def test_saved_leases_that_do_not_fit_are_dropped(host: NetThread, backend: PrivilegedBackend) -> None:
     ctx = host.context()
-    ctx.leases.persist("t1", LeaseRecord("52:54:00:00:00:01", "10.91.0.50", None, 2e9))
-    ctx.leases.persist("t1", LeaseRecord("52:54:00:00:00:02", "10.91.0.200", "old", 2e9))  # outside the range
-    ctx.leases.persist("t1", LeaseRecord("junk", "10.91.0.51", None, 2e9))
+    ctx.store.persist("t1", LeaseRecord("52:54:00:00:00:01", "10.91.0.50", None, 2e9))
+    ctx.store.persist("t1", LeaseRecord("52:54:00:00:00:02", "10.91.0.200", "old", 2e9))  # outside the range
+    ctx.store.persist("t1", LeaseRecord("junk", "10.91.0.51", None, 2e9))
     net = network("<forward/><ip address='10.91.0.1' prefix='24'><dhcp><range start='10.91.0.10' "
                   "end='10.91.0.99'/></dhcp></ip>")
     running, _ = start(host, backend, net, ctx)

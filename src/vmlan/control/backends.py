@@ -34,13 +34,18 @@ class LeaseStore(Protocol):
 
 
 class NetworkContext(Protocol):
-    """What the daemon gives a backend."""
+    """What the daemon gives a backend (read-only members: any object with these attributes will do)."""
 
-    loop: asyncio.AbstractEventLoop
-    runtime: Runtime
-    state_dir: pathlib.Path
-    leases: LeaseStore
-    events: Callable[[str, dict[str, object]], None]
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def runtime(self) -> Runtime: ...  # the links registry: runtime.add(netdev_cfg), runtime.remove(id)
+    @property
+    def state_dir(self) -> pathlib.Path: ...  # per-daemon state directory (sockets, files)
+    @property
+    def leases(self) -> LeaseStore: ...
+    @property
+    def events(self) -> Callable[[str, dict[str, object]], None]: ...  # ("lease-granted", {...}) ...
 
 
 @dataclass(frozen=True)
