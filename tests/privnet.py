@@ -1,5 +1,5 @@
-"""Helpers for the privileged-network tests: a stand-in for the daemon's NetworkContext, an in-memory
-lease store, a backend's event loop on a thread inside a namespace of the test's, and snapshots of what
+"""Helpers for the privileged-network tests: the daemon's NetworkContext with an in-memory lease store
+and an event recorder, a backend's event loop on a thread inside a namespace of the test's, and snapshots of what
 a network leaves on the host (interfaces, the nftables ruleset, sysctls).
 
 The backend runs exactly as under the daemon (on an event loop thread), only that thread joined a
@@ -14,12 +14,11 @@ import json
 import subprocess
 import threading
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from netns import HubThread, setns
-from vmlan.control.backends import LeaseRecord, LeaseStore
+from vmlan.control.backends import LeaseRecord, NetworkContext
 
 T = TypeVar("T")
 
@@ -29,54 +28,73 @@ class MemoryLeases:
 
     def __init__(self) -> None:
         self.records: dict[str, dict[str, LeaseRecord]] = {}
-        self.persisted: list[tuple[str, LeaseRecord]] = []
+        self.calls = 0
 
-    def persist(self, network: str, record: LeaseRecord) -> None:
-        self.records.setdefault(network, {})[record.mac] = record
-        self.persisted.append((network, record))
+    def persist(self, network: str, lease: LeaseRecord) -> None:
+        self.persist_many(network, [lease], [])
+
+    def persist_many(self, network: str, leases: list[LeaseRecord], gone: list[str]) -> None:
+        table = self.records.setdefault(network, {})
+        for mac in gone:
+            table.pop(mac, None)
+        for lease in leases:
+            table[lease.mac] = lease
+        self.calls += 1
 
     def load(self, network: str) -> list[LeaseRecord]:
         return list(self.records.get(network, {}).values())
 
 
-@dataclass
-class FakeContext:
-    """The contract's NetworkContext (its fields, typed as the contract types them) plus what a test
-    looks at: ``store`` (the leases persisted) and ``emitted`` (the events)."""
+class Events:
+    """The daemon's event sink: remembers every (kind, data)."""
 
-    loop: asyncio.AbstractEventLoop
-    runtime: Any = None
-    state_dir: Path = Path("/nonexistent")
-    leases: LeaseStore = field(default_factory=MemoryLeases)
-    events: Callable[[str, dict[str, object]], None] = field(init=False)
-    emitted: list[tuple[str, dict[str, object]]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self) -> None:
+        self.emitted: list[tuple[str, dict[str, object]]] = []
+        self._lock = threading.Lock()
 
-    def __post_init__(self) -> None:
-        self.events = self._record
-
-    def _record(self, kind: str, data: dict[str, object]) -> None:
-        with self.lock:
+    def __call__(self, kind: str, data: dict[str, object]) -> None:
+        with self._lock:
             self.emitted.append((kind, data))
 
-    @property
-    def store(self) -> MemoryLeases:
-        assert isinstance(self.leases, MemoryLeases)
-        return self.leases
-
     def of_kind(self, kind: str) -> list[dict[str, object]]:
-        with self.lock:
+        with self._lock:
             return [d for k, d in self.emitted if k == kind]
 
 
+def make_context(loop: asyncio.AbstractEventLoop, runtime_dir: Path, leases: MemoryLeases | None = None,
+                 boot_id: str = "test-boot") -> NetworkContext:
+    """The daemon's NetworkContext for a backend under test (no links registry: the privileged backend
+    does not use one)."""
+    return NetworkContext(loop=loop, runtime=cast(Any, None), state_dir=runtime_dir,
+                          leases=leases if leases is not None else MemoryLeases(), events=Events(),
+                          runtime_dir=runtime_dir, boot_id=boot_id)
+
+
+def events_of(ctx: NetworkContext) -> Events:
+    assert isinstance(ctx.events, Events)
+    return ctx.events
+
+
+def store_of(ctx: NetworkContext) -> MemoryLeases:
+    assert isinstance(ctx.leases, MemoryLeases)
+    return ctx.leases
+
+
 class NetThread(HubThread):
-    """An event loop on a thread inside ``netns``: ``run(coro)`` and ``call(fn)`` execute on it."""
+    """An event loop on a thread inside ``netns``: ``run(coro)`` and ``call(fn)`` execute on it.
+
+    ``runtime_dir`` is the daemon's runtime directory for the contexts it makes (the backend keeps its
+    notes for a restarted daemon there)."""
+
+    def __init__(self, netns: str, runtime_dir: Path) -> None:
+        super().__init__(netns)
+        self.runtime_dir = runtime_dir
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def context(self) -> FakeContext:
-        return FakeContext(self.loop)
+    def context(self, leases: MemoryLeases | None = None, boot_id: str = "test-boot") -> NetworkContext:
+        return make_context(self.loop, self.runtime_dir, leases, boot_id)
 
 
 def in_netns(netns: str, fn: Callable[[], T], timeout: float = 30) -> T:

@@ -16,11 +16,21 @@ from typing import Any
 
 import pytest
 
-from netns import Namespaces, sh
-from privnet import FakeContext, NetThread, addresses, in_netns, links, ns_run, ruleset, sysctl
+from netns import Namespaces, sh, wait_for
+from privnet import (
+    NetThread,
+    addresses,
+    events_of,
+    in_netns,
+    links,
+    ns_run,
+    ruleset,
+    store_of,
+    sysctl,
+)
 from servers import DnsServer, build_dns_query, parse_dns_response
 from vmlan.config.libvirt import DEFAULT_NETWORK_XML, parse_interface, parse_network
-from vmlan.control.backends import LeaseRecord
+from vmlan.control.backends import AttachResult, LeaseRecord, NetworkContext
 from vmlan.control.netservices import DEFAULT_LEASE, INFINITE_LEASE, dhcp_plan, dns_plan, lease_seconds
 from vmlan.control.privileged import PrivilegedBackend, PrivilegedError, PrivilegedNetwork
 from vmlan.engines.dns import HOST_NAME
@@ -221,9 +231,9 @@ def namespaces() -> Iterator[Namespaces]:
 
 
 @pytest.fixture
-def host(namespaces: Namespaces) -> Iterator[NetThread]:
+def host(namespaces: Namespaces, tmp_path: Path) -> Iterator[NetThread]:
     """The backend's "host": an event loop thread inside a namespace of the test's."""
-    thread = NetThread(namespaces.add("h"))
+    thread = NetThread(namespaces.add("h"), tmp_path / "run")
     yield thread
     thread.close()
 
@@ -235,8 +245,8 @@ def backend() -> PrivilegedBackend:
     return b
 
 
-def start(host: NetThread, backend: PrivilegedBackend, net: Any, ctx: FakeContext | None = None
-          ) -> tuple[PrivilegedNetwork, FakeContext]:
+def start(host: NetThread, backend: PrivilegedBackend, net: Any, ctx: NetworkContext | None = None
+          ) -> tuple[PrivilegedNetwork, NetworkContext]:
     ctx = ctx or host.context()
     return host.run(backend.start(net, ctx)), ctx
 
@@ -314,7 +324,7 @@ def test_taps_are_vnetN_persistent_owned_and_monotonic(host: NetThread, backend:
     assert own.target == "mytap0"
     with pytest.raises(PrivilegedError, match="mytap0: Device or resource busy"):
         host.call(running.attach, guest_iface("52:54:00:12:34:05", target="mytap0"), 1000)
-    with pytest.raises(PrivilegedError, match="no interface 'vnet9'"):
+    with pytest.raises(PrivilegedError, match="no interface 'vnet9' is attached to network 't1'"):
         host.call(running.detach, "vnet9")
     assert sorted(running.info()["taps"]) == ["mytap0", "vnet1", "vnet3"]  # type: ignore[call-overload]
     host.run(running.stop())
@@ -404,10 +414,10 @@ def test_dhcp_and_dns_served_on_the_bridge(host: NetThread, backend: PrivilegedB
         assert (lease["router"], lease["dns"], lease["mtu"], lease["lease"], lease["domain"]) == (
             "10.50.0.1", "10.50.0.1", "1400", "600", "lab.example")
         mac = links(client)["vc"]["address"]
-        granted = ctx.of_kind("lease-granted")
+        granted = events_of(ctx).of_kind("lease-granted")
         assert [(e["network"], e["mac"], e["ip"]) for e in granted] == [("t1", mac, lease["ip"])]
         assert [(r.mac, r.ip) for r in running.leases()] == [(mac, lease["ip"])]
-        assert ctx.store.records["t1"][mac].ip == lease["ip"]
+        assert store_of(ctx).records["t1"][mac].ip == lease["ip"]
         # DNS: static names (with the domain), the host, a forwarded name; over UDP and TCP
         assert dns_udp(client, "10.50.0.1", "db") == (0x4242, 0, ["10.50.0.9"])
         assert dns_udp(client, "10.50.0.1", "web.lab.example")[2] == ["10.50.0.5"]
@@ -422,12 +432,12 @@ def test_dhcp_and_dns_served_on_the_bridge(host: NetThread, backend: PrivilegedB
         assert counters["dhcp"]["internal_errors"] == counters["dns"]["internal_errors"] == 0
         host.run(running.stop())
         # restarted with the same store: the lease is back before the client asks, and it keeps its address
-        again, ctx2 = start(host, backend, net, FakeContext(host.loop, leases=ctx.leases))
+        again, ctx2 = start(host, backend, net, host.context(store_of(ctx)))
         assert [(r.mac, r.ip) for r in again.leases()] == [(mac, lease["ip"])]
         sh(f"ip -n {ns} link set vch master vbt0 up")
         ns_run(client, "ip", "-4", "addr", "flush", "dev", "vc")
         assert udhcpc(client, tmp_path)["ip"] == lease["ip"]
-        assert [e["ip"] for e in ctx2.of_kind("lease-granted")] == [lease["ip"]]
+        assert [e["ip"] for e in events_of(ctx2).of_kind("lease-granted")] == [lease["ip"]]
         host.run(again.stop())
     finally:
         host.call(upstream.stop)
@@ -522,11 +532,106 @@ def test_unnamed_bridge_gets_the_first_free_virbr(host: NetThread, backend: Priv
 
 def test_saved_leases_that_do_not_fit_are_dropped(host: NetThread, backend: PrivilegedBackend) -> None:
     ctx = host.context()
-    ctx.store.persist("t1", LeaseRecord("52:54:00:00:00:01", "10.91.0.50", None, 2e9))
-    ctx.store.persist("t1", LeaseRecord("52:54:00:00:00:02", "10.91.0.200", "old", 2e9))  # outside the range
-    ctx.store.persist("t1", LeaseRecord("junk", "10.91.0.51", None, 2e9))
+    store_of(ctx).persist("t1", LeaseRecord("52:54:00:00:00:01", "10.91.0.50", None, 2e9))
+    store_of(ctx).persist("t1", LeaseRecord("52:54:00:00:00:02", "10.91.0.200", "old", 2e9))  # outside the range
+    store_of(ctx).persist("t1", LeaseRecord("junk", "10.91.0.51", None, 2e9))
     net = network("<forward/><ip address='10.91.0.1' prefix='24'><dhcp><range start='10.91.0.10' "
                   "end='10.91.0.99'/></dhcp></ip>")
     running, _ = start(host, backend, net, ctx)
     assert [(r.mac, r.ip) for r in running.leases()] == [("52:54:00:00:00:01", "10.91.0.50")]
     host.run(running.stop())
+
+
+def static_client(namespaces: Namespaces, host_ns: str, bridge: str, address: str) -> str:
+    client = client_ns(namespaces, host_ns, bridge)
+    ns_run(client, "ip", "addr", "add", address, "dev", "vc")
+    return client
+
+
+def test_a_restarted_daemon_adopts_its_bridge_and_taps(host: NetThread, backend: PrivilegedBackend,
+                                                       namespaces: Namespaces) -> None:
+    ns = host.netns
+    assert ns is not None
+    before_links, before_rules = set(links(ns)), ruleset(ns)
+    net = network("<forward/><ip address='10.95.0.1' prefix='24'><dhcp><range start='10.95.0.10' "
+                  "end='10.95.0.20'/></dhcp></ip>")
+    first, ctx = start(host, backend, net)
+    a0 = host.call(first.attach, guest_iface("52:54:00:95:00:01"), 1000)
+    host.call(first.attach, guest_iface("52:54:00:95:00:02"), 1000)
+    index = links(ns)["vbt0"]["ifindex"]
+    note = host.runtime_dir / "privileged" / "vbt0.json"
+    assert note.exists()
+    host.run(first.release())  # the daemon goes away; the network stays
+    up = set(links(ns))
+    assert {"vbt0", "vnet0", "vnet1"} <= up and "vmlan-vbt0" in ruleset(ns) and sysctl(ns, "ipv4/ip_forward") == "1"
+    # another boot's note, or none, is not ours: the name is simply in use
+    stranger = PrivilegedBackend()
+    with pytest.raises(PrivilegedError, match="bridge name 'vbt0' already in use"):
+        start(host, stranger, net, host.context(boot_id="another-boot"))
+    # the next daemon (a new backend) adopts bridge, table and TAPs
+    later = PrivilegedBackend()
+    second, _ = start(host, later, net, host.context(store_of(ctx)))
+    assert links(ns)["vbt0"]["ifindex"] == index
+    host.call(second.restore, guest_iface("52:54:00:95:00:01"), 1000, AttachResult(a0.netdev, a0.target))
+    with pytest.raises(PrivilegedError, match="vnet7 is no longer on bridge vbt0"):
+        host.call(second.restore, guest_iface("52:54:00:95:00:07"), 1000,
+                  AttachResult("tap,ifname=vnet7,script=no,downscript=no", "vnet7"))
+    assert host.call(second.attach, guest_iface("52:54:00:95:00:03"), 1000).target == "vnet2"
+    assert sorted(second.taps) == ["vnet0", "vnet2"]
+    client = static_client(namespaces, ns, "vbt0", "10.95.0.50/24")
+    assert dns_udp(client, "10.95.0.1", HOST_NAME)[2] == ["10.95.0.1"]  # the services are back
+    host.run(second.stop())
+    assert set(links(ns)) - {"vch"} == before_links  # vnet1, never restored, went too
+    assert ruleset(ns) == before_rules and sysctl(ns, "ipv4/ip_forward") == "0" and not note.exists()
+
+
+def test_link_control_and_run_time_dns_names(host: NetThread, backend: PrivilegedBackend,
+                                            namespaces: Namespaces) -> None:
+    ns = host.netns
+    assert ns is not None
+    net = network("<forward/><dns><host ip='10.96.0.9'><hostname>db</hostname></host></dns>"
+                  "<ip address='10.96.0.1' prefix='24'/>")
+    running, ctx = start(host, backend, net)
+    tap = host.call(running.attach, guest_iface("52:54:00:96:00:01"), 1000).target
+    host.call(running.set_link, tap, False)
+    assert "UP" not in links(ns)[tap]["flags"]
+    host.call(running.set_link, tap, True)
+    assert "UP" in links(ns)[tap]["flags"]
+    assert [(e["target"], e["mac"]) for e in events_of(ctx).of_kind("link-down")] == [(tap, "fe:54:00:96:00:01")]
+    assert len(events_of(ctx).of_kind("link-up")) == 1
+    with pytest.raises(PrivilegedError, match="no interface 'vnet9'"):
+        host.call(running.set_link, "vnet9", True)
+    client = static_client(namespaces, ns, "vbt0", "10.96.0.50/24")
+    assert dns_udp(client, "10.96.0.1", "added.test")[1] == 2  # SERVFAIL: no upstreams, not a local name
+    host.call(running.set_dns_records, {"added.test": ["10.96.0.77"]})
+    assert host.call(running.dns_records) == {"added.test": ["10.96.0.77"], "db": ["10.96.0.9"]}
+    assert dns_udp(client, "10.96.0.1", "added.test")[2] == ["10.96.0.77"]
+    assert dns_udp(client, "10.96.0.1", "db")[2] == ["10.96.0.9"]
+    with pytest.raises(PrivilegedError, match="'nope' is not an IPv4 address"):
+        host.call(running.set_dns_records, {"bad.test": ["nope"]})
+    host.run(running.stop())
+
+
+def test_leases_expire_with_an_event_and_are_saved(host: NetThread, backend: PrivilegedBackend,
+                                                  namespaces: Namespaces, tmp_path: Path) -> None:
+    import dataclasses
+
+    from vmlan.config.libvirt import DhcpRange, Lease
+
+    ns = host.netns
+    assert ns is not None
+    net = network("<forward/><ip address='10.97.0.1' prefix='24'><dhcp><range start='10.97.0.10' "
+                  "end='10.97.0.20'/></dhcp></ip>")
+    ip = net.ips[0]
+    short = dataclasses.replace(ip, ranges=(DhcpRange(ip.ranges[0].start, ip.ranges[0].end, Lease(3, "seconds")),))
+    running, ctx = start(host, backend, dataclasses.replace(net, ips=(short,)))
+    client = client_ns(namespaces, ns, "vbt0")
+    lease = udhcpc(client, tmp_path)
+    assert lease["lease"] == "3"
+    mac = links(client)["vc"]["address"]
+    assert store_of(ctx).records["t1"][mac].ip == lease["ip"]
+    wait_for(lambda: events_of(ctx).of_kind("lease-expired"), timeout=10, what="lease-expired")
+    assert events_of(ctx).of_kind("lease-expired") == [{"network": "t1", "mac": mac, "ip": lease["ip"]}]
+    assert host.call(running.leases) == []
+    host.run(running.stop())
+    assert store_of(ctx).records["t1"][mac].ip == lease["ip"]  # remembered: the MAC gets it again

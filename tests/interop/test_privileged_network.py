@@ -35,7 +35,7 @@ import pytest
 from guest import GuestImage
 from guest.harness import QEMU, Guest
 from netns import Namespaces, sh, wait_for
-from privnet import NetThread, links, ns_run, ruleset, sysctl
+from privnet import NetThread, events_of, links, ns_run, ruleset, sysctl
 from vmlan.config.libvirt import parse_interface, parse_network
 from vmlan.control.privileged import PrivilegedBackend
 
@@ -168,7 +168,7 @@ def test_unprivileged_guest_on_nat_and_isolated_networks(tmp_path: Path, namespa
     before_links, before_rules = set(links(h)), ruleset(h)
     assert sysctl(h, "ipv4/ip_forward") == "0"
     server = Whoami(far)
-    host = NetThread(h)
+    host = NetThread(h, tmp_path / "run")
     guest: Guest | None = None
     try:
         backend = PrivilegedBackend(resolv_conf=os.devnull)
@@ -191,7 +191,7 @@ def test_unprivileged_guest_on_nat_and_isolated_networks(tmp_path: Path, namespa
         lease = lease_of(guest)
         assert IPv4Address("192.168.150.100") <= IPv4Address(lease["ip"]) <= IPv4Address("192.168.150.150")
         assert (lease["mask"], lease["router"], lease["dns"]) == ("24", "192.168.150.1", "192.168.150.1")
-        assert [(e["mac"], e["ip"]) for e in ctx.of_kind("lease-granted")] == [(NAT_MAC, lease["ip"])]
+        assert [(e["mac"], e["ip"]) for e in events_of(ctx).of_kind("lease-granted")] == [(NAT_MAC, lease["ip"])]
         seen = guest.check("timeout 20 wget -q -O - http://10.99.0.2:8080/", timeout=30).split()
         assert seen[0] == "10.99.0.1" and 1024 <= int(seen[1]) <= 65535  # masqueraded, unprivileged source port
         assert server.seen() == [(seen[0], int(seen[1]))]

@@ -199,6 +199,16 @@ class BridgeServices:
         if self._upstreams is not None:
             self._upstreams.close()
 
+    def set_dns(self, dns: DnsForwarder) -> None:
+        """Answer with ``dns`` from now on (new local names, say). Queries the old forwarder had
+        waiting upstream are forgotten: their answers count as spoofed, and the guests ask again."""
+        if self.dns is None:
+            raise ValueError("this bridge serves no DNS")
+        self.dns = dns
+        if self._dns_timer is not None:
+            self._dns_timer.cancel()
+            self._dns_timer = None
+
     def counters(self) -> dict[str, object]:
         """Every counter: this layer's, the engines' and the upstream side's (JSON-able)."""
         out: dict[str, object] = {"sockets": asdict(self.stats)}

@@ -45,6 +45,9 @@ from vmlan.io.tap import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUN_DEVICE, TUNSETIFF
 __all__ = [
     "BridgeSpec",
     "HostNetError",
+    "LinkInfo",
+    "adopt_bridge",
+    "bridge_ports",
     "create_bridge",
     "create_tap",
     "delete_link",
@@ -53,6 +56,7 @@ __all__ = [
     "link_names",
     "off_loop",
     "read_sysctl",
+    "set_link_up",
     "write_sysctl",
 ]
 
@@ -196,6 +200,43 @@ class BridgeSpec:
     ipv6: bool = False  # guests may use IPv6 (the network has IPv6 addresses or ipv6='yes')
 
 
+def adopt_bridge(spec: BridgeSpec) -> int:
+    """Configure an existing bridge (one vmlan made before it was restarted) as ``spec`` says; its ifindex.
+
+    Addresses it already has are kept; its ports are left alone.
+    """
+    with _ipr() as ipr:
+        found = ipr.link_lookup(ifname=spec.name)
+        if not found:
+            raise HostNetError(errno.ENODEV, f"bridge {spec.name} does not exist")
+        index = int(found[0])
+        _configure_bridge(ipr, index, spec, existing=True)
+    return index
+
+
+def bridge_ports(bridge: str) -> list[LinkInfo]:
+    """The interfaces enslaved to ``bridge``."""
+    with _ipr() as ipr:
+        found = ipr.link_lookup(ifname=bridge)
+        if not found:
+            return []
+        index = int(found[0])
+        names = [str(link.get("IFLA_IFNAME")) for link in ipr.get_links() if link.get("IFLA_MASTER") == index]
+    return [info for info in (link_info(name) for name in names) if info is not None]
+
+
+def set_link_up(name: str, up: bool) -> None:
+    """Bring ``name`` up or down."""
+    with _ipr() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise HostNetError(errno.ENODEV, f"interface {name} does not exist")
+        try:
+            ipr.link("set", index=found[0], state="up" if up else "down")
+        except Exception as exc:
+            raise _fail(exc, f"Unable to bring {'up' if up else 'down'} {name}") from None
+
+
 def create_bridge(spec: BridgeSpec) -> int:
     """Create, configure and bring up the bridge; its ifindex. On failure nothing is left behind."""
     if len(spec.name.encode()) >= IFNAMSIZ:
@@ -215,7 +256,7 @@ def create_bridge(spec: BridgeSpec) -> int:
     return index
 
 
-def _configure_bridge(ipr: Any, index: int, spec: BridgeSpec) -> None:
+def _configure_bridge(ipr: Any, index: int, spec: BridgeSpec, existing: bool = False) -> None:
     name = spec.name
     # USER_HZ centiseconds; the delay goes first (see the module docstring)
     steps: list[tuple[str, dict[str, object]]] = [
@@ -241,6 +282,8 @@ def _configure_bridge(ipr: Any, index: int, spec: BridgeSpec) -> None:
         try:
             ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen, **extra)
         except Exception as exc:
+            if existing and int(getattr(exc, "code", 0) or 0) == errno.EEXIST:
+                continue
             raise _fail(exc, f"Unable to add address {addr} to bridge {name}") from None
     try:
         ipr.link("set", index=index, state="up")
