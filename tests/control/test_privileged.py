@@ -635,3 +635,45 @@ def test_leases_expire_with_an_event_and_are_saved(host: NetThread, backend: Pri
     assert host.call(running.leases) == []
     host.run(running.stop())
     assert store_of(ctx).records["t1"][mac].ip == lease["ip"]  # remembered: the MAC gets it again
+
+
+def test_ipv6_addresses_forwarding_and_dns(host: NetThread, backend: PrivilegedBackend,
+                                          namespaces: Namespaces) -> None:
+    ns = host.netns
+    assert ns is not None
+    assert sysctl(ns, "ipv6/conf/all/forwarding") == "0"
+    net = network("<forward mode='route'/><dns><host ip='10.98.0.9'><hostname>db</hostname></host></dns>"
+                  "<ip address='10.98.0.1' prefix='24'/><ip family='ipv6' address='fd98::1' prefix='64'/>")
+    running, _ = start(host, backend, net)
+    assert addresses(ns, "vbt0") == ["10.98.0.1/24", "fd98::1/64"]
+    assert (sysctl(ns, "ipv6/conf/vbt0/disable_ipv6"), sysctl(ns, "ipv6/conf/vbt0/accept_ra")) == ("0", "0")
+    assert sysctl(ns, "ipv6/conf/all/forwarding") == "1"
+    assert 'oifname "vbt0" ip6 daddr fd98::/64 counter' in ruleset(ns)
+    client = client_ns(namespaces, ns, "vbt0")
+    ns_run(client, "ip", "addr", "add", "fd98::50/64", "dev", "vc", "nodad")
+
+    def query() -> tuple[int, int, list[str]]:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.sendto(build_dns_query("db"), ("fd98::1", 53))
+            return parse_dns_response(s.recv(4096))
+
+    assert in_netns(client, query)[2] == ["10.98.0.9"]
+    host.run(running.stop())
+    assert sysctl(ns, "ipv6/conf/all/forwarding") == "0"
+
+
+def test_forward_mode_bridge_puts_taps_on_the_hosts_bridge(host: NetThread, backend: PrivilegedBackend) -> None:
+    ns = host.netns
+    assert ns is not None
+    net = parse_network("<network><name>t1</name><forward mode='bridge'/><bridge name='br0'/></network>")
+    with pytest.raises(PrivilegedError, match="host bridge br0 does not exist"):
+        start(host, backend, net)
+    sh(f"ip -n {ns} link add br0 type bridge", f"ip -n {ns} link set br0 up")
+    before_rules = ruleset(ns)
+    running, _ = start(host, backend, net)
+    assert running.bridge == "br0" and ruleset(ns) == before_rules and running.info()["nftables_table"] is None
+    tap = host.call(running.attach, guest_iface("52:54:00:b0:00:01"), 1000).target
+    assert links(ns)[tap]["master"] == "br0"
+    host.run(running.stop())
+    assert tap not in links(ns) and links(ns)["br0"]["linkinfo"]["info_kind"] == "bridge"  # the host's stays

@@ -17,7 +17,8 @@ Starting a network (libvirt's networkStartNetworkVirtual order):
 
 A failure at any step undoes the steps before it and raises :class:`PrivilegedError` (one line).
 :meth:`PrivilegedNetwork.stop` removes everything in reverse: services, TAPs, firewall table,
-forwarding, bridge.
+forwarding, bridge. ``<forward mode='bridge'>`` networks use a bridge of the host's
+(``<bridge name>``, which must exist): only the guests' TAPs are vmlan's there.
 
 Guests (:meth:`PrivilegedNetwork.attach`): a persistent TAP ``vnetN`` per interface, owned by the
 guest's user so an unprivileged QEMU opens it by name. N comes from a counter of the backend that
@@ -198,11 +199,10 @@ class PrivilegedBackend:
     async def start(self, net: Network, ctx: NetworkContext) -> PrivilegedNetwork:
         """Bring the network up, or adopt it (see the module docstring). Raises PrivilegedError, having
         undone everything."""
-        if not net.has_host_bridge:
-            raise PrivilegedError(f"network '{net.name}': forward mode 'bridge' uses the host's bridge "
-                                  f"{net.bridge}: nothing to start")
         if net.name in self.networks:
             raise PrivilegedError(f"network '{net.name}' is already active")
+        if not net.has_host_bridge:
+            return await self._start_host_bridge(net, ctx)
         note: dict[str, object] | None = None
         try:
             in_use = await hostnet.in_thread(hostnet.link_names)
@@ -238,6 +238,19 @@ class PrivilegedBackend:
         self.networks[live.name] = running
         log.info("network %s: %s bridge %s (%s)", live.name, "adopted" if note else "started on", live.bridge,
                  live.mode)
+        return running
+
+    async def _start_host_bridge(self, net: Network, ctx: NetworkContext) -> PrivilegedNetwork:
+        """``<forward mode='bridge'>``: guests' TAPs go on a bridge of the host's; nothing else is set up
+        (libvirt too leaves addresses, DHCP and firewall to the host there)."""
+        assert net.bridge is not None  # the parser insists on a name for this mode
+        info = await hostnet.in_thread(functools.partial(hostnet.link_info, net.bridge))
+        if info is None or info.kind != "bridge":
+            what = "does not exist" if info is None else f"is not a bridge (link kind {info.kind or 'none'})"
+            raise PrivilegedError(f"network '{net.name}': host bridge {net.bridge} {what}")
+        running = PrivilegedNetwork(self, net, ctx, _Undo(), None)
+        self.networks[net.name] = running
+        log.info("network %s: guests join the host's bridge %s", net.name, net.bridge)
         return running
 
     async def _adoptable(self, net: Network, ctx: NetworkContext) -> dict[str, object] | None:
@@ -466,6 +479,7 @@ class PrivilegedNetwork:
 
     def _known_sync(self, initial: bool = False) -> None:
         current = self._current()
+        self._granted &= set(current)  # MACs whose address went to another: forgotten (bounded by the pool)
         changed = [r for mac, r in current.items() if self._known.get(mac) != r]
         gone = [mac for mac in self._known if mac not in current]
         if changed or gone:

@@ -17,6 +17,9 @@ network's addresses (IPv4 with its broadcast address; IPv6 without duplicate add
 the services can bind them at once), then link up. IPv6 is switched off on a bridge whose network
 has no IPv6 (libvirt's networkSetIPv6Sysctls), and router advertisements are ignored on one that has.
 
+:func:`adopt_bridge` configures a bridge that already exists the same way (a restarted daemon taking
+back its own bridge, whose addresses and ports stay as they are).
+
 A guest's TAP (libvirt's virNetDevTapCreateInBridgePort): created exclusively (IFF_TUN_EXCL: an
 existing interface of that name, TAP or not, is never reused), made persistent (TUNSETPERSIST) and
 owned by the guest's user (TUNSETOWNER), so an unprivileged QEMU opens it by name
