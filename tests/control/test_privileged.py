@@ -677,3 +677,54 @@ def test_forward_mode_bridge_puts_taps_on_the_hosts_bridge(host: NetThread, back
     assert links(ns)[tap]["master"] == "br0"
     host.run(running.stop())
     assert tap not in links(ns) and links(ns)["br0"]["linkinfo"]["info_kind"] == "bridge"  # the host's stays
+
+
+def test_services_take_garbage_floods_and_idle_clients(host: NetThread) -> None:
+    """BridgeServices alone, bound to the namespace's loopback: what guests send never takes it down."""
+    import random
+
+    from vmlan.engines.dhcp import DhcpConfig, DhcpServer
+    from vmlan.engines.dns import DnsConfig, DnsForwarder
+    from vmlan.io.bridge_services import BridgeServices
+
+    ns = host.netns
+    assert ns is not None
+    ns_run(ns, "ip", "addr", "add", "127.0.0.53/8", "dev", "lo")
+    dhcp = DhcpServer(DhcpConfig(server_ip="127.0.0.1", netmask="255.0.0.0", router=None, dns=(),
+                                 pool_start="127.0.0.100", pool_size=10))
+    dns = DnsForwarder(DnsConfig(static={"a.test": ["192.0.2.1"]}, host_names={}))
+    services = BridgeServices(host.loop, "lo", dhcp=dhcp, dns=dns, dns_listen=["127.0.0.53"], max_tcp=2,
+                              tcp_idle=0.3)
+    host.call(services.start)
+    rng = random.Random(7)
+
+    def flood() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(2000):
+                junk = rng.randbytes(rng.randrange(0, 1500))
+                if i % 3 == 0 and len(junk) > 240:  # something DHCP-shaped: op, htype, hlen right
+                    junk = b"\x01\x01\x06" + junk[3:]
+                s.sendto(junk, ("127.0.0.1", 67) if i % 2 else ("127.0.0.53", 53))
+
+    in_netns(ns, flood)
+
+    def tcp_clients() -> tuple[bytes, bytes]:
+        first = socket.create_connection(("127.0.0.53", 53), timeout=5)
+        second = socket.create_connection(("127.0.0.53", 53), timeout=5)
+        third = socket.create_connection(("127.0.0.53", 53), timeout=5)
+        try:
+            refused = third.recv(10)  # closed at once: over max_tcp
+            idle = first.recv(10)  # closed after tcp_idle without a query
+            return refused, idle
+        finally:
+            for s in (first, second, third):
+                s.close()
+
+    assert in_netns(ns, tcp_clients) == (b"", b"")
+    assert dns_udp(ns, "127.0.0.53", "a.test")[2] == ["192.0.2.1"]
+    counters = host.call(services.counters)
+    assert counters["sockets"]["internal_errors"] == 0
+    assert counters["sockets"]["dns_tcp_refused"] == 1 and counters["sockets"]["dns_tcp_idle_closed"] >= 1
+    assert counters["dhcp"]["internal_errors"] == 0 and counters["dns"]["internal_errors"] == 0
+    assert counters["sockets"]["dhcp_received"] > 0 and counters["sockets"]["dns_udp_received"] > 0
+    host.call(services.close)
