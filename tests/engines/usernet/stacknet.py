@@ -324,9 +324,9 @@ class GuestTcp:
         """The segments in ``frames`` that belong to this connection."""
         out = []
         for frame in frames:
-            if TCP in frame and frame[IP].dst == self.src and frame[TCP].dport == self.sport:
+            if (TCP in frame and frame[IP].dst == self.src and frame[TCP].dport == self.sport
+                    and frame[IP].src == self.dst and frame[TCP].sport == self.dport):
                 assert frame.dst == self.src_mac
-                assert frame[IP].src == self.dst and frame[TCP].sport == self.dport
                 out.append(frame[TCP])
         return out
 

@@ -205,3 +205,23 @@ def test_memory_budget_shrinks_windows_under_pressure_and_recovers_when_drained(
     net.advance(0.1)
     assert max(right_edge(seg) for seg in g.mine(net.frames())) - g.seq >= (1 << 20) - 128  # reopened
     assert net.stack.faults.counts == {}
+
+
+def test_memory_pressure_ends_when_the_connections_holding_the_memory_are_gone() -> None:
+    """Connections holding the memory are reset: the next connection gets its full buffers (the pressure
+    flag stayed set with no connection left to look at, and the next one started at MIN_BUFFER)."""
+    net = StackNet("tcp-mem=1")
+    a = net.guest()
+    conns = [open_tcp(net, a, sport=40000 + n) for n in range(4)]
+    for _g, fid in conns:
+        assert net.stack.tcp_fill(fid, reader_of(b"h" * 400_000), net.now) == 400_000
+    net.frames()
+    net.advance(MEMORY_CHECK + 0.01)
+    assert net.stack.tcp.pressure
+    for g, _fid in conns:
+        g.send("R")
+    net.actions()
+    net.advance(MEMORY_CHECK + 0.01)
+    _g, fid = open_tcp(net, a, sport=41000)
+    assert not net.stack.tcp.pressure
+    assert net.stack.tcp_send_space(fid) == net.cfg.tcp.snd_buffer

@@ -536,3 +536,5 @@ class TcpNat:
                     f.conn.set_buffer_limits(p.rcv_buffer, p.snd_buffer)
         if flows:
             core.flows.arm(self.mem_timer, now + MEMORY_CHECK)
+        else:
+            self.pressure = False  # nothing holds memory: the next connection starts at full size
