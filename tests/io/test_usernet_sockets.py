@@ -9,9 +9,10 @@ import struct
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+from scapy.layers.l2 import Ether
 
 from tests.engines.usernet.stacknet import GUEST, HOST, GuestTcp, l4_payload, udp
-from tests.io.usernet_harness import IoNet, run, run_in_netns
+from tests.io.usernet_harness import GuestPort, IoNet, run, run_in_netns
 
 LINGER_ABORT = struct.pack("ii", 1, 0)
 
@@ -45,7 +46,7 @@ async def receive(net: IoNet, t: GuestTcp, n: int) -> bytes:
     got = b""
     start = len(net.seen)
     while len(got) < n:
-        await net.until(lambda: len(net.seen) > start, what=f"data ({len(got)} of {n} bytes)")
+        await net.until(lambda mark=start: len(net.seen) > mark, what=f"data ({len(got)} of {n} bytes)")
         segs = t.mine(net.seen[start:])
         start = len(net.seen)
         t.absorb(segs)
@@ -153,9 +154,6 @@ def test_udp_to_a_closed_loopback_port_gives_icmp_port_unreachable() -> None:
 
     async def body(net: IoNet) -> None:
         g = net.guest()
-        net.send_ip = None  # type: ignore[attr-defined]
-        from scapy.layers.l2 import Ether
-
         net.send(g.port, Ether(src=g.mac, dst="52:55:0a:00:02:02") / udp(HOST, port, b"anyone?", sport=40404))
         err = await net.frame(lambda f: ICMP in f, "ICMP")
         assert (err[IP].src, err[IP].dst) == (HOST, GUEST)
@@ -171,8 +169,6 @@ def test_udp_to_a_loopback_server_and_back() -> None:
     port = server.getsockname()[1]
 
     async def body(net: IoNet) -> None:
-        from scapy.layers.l2 import Ether
-
         g = net.guest()
         net.send(g.port, Ether(src=g.mac, dst="52:55:0a:00:02:02") / udp(HOST, port, b"question", sport=40500))
         data, peer = await asyncio.wait_for(net.loop.sock_recvfrom(server, 100), 5)
@@ -257,8 +253,6 @@ def test_hostfwd_tcp_through_a_real_listener_and_its_client_cap() -> None:
 
 def test_hostfwd_udp_through_a_real_socket() -> None:
     async def body(net: IoNet) -> None:
-        from scapy.layers.l2 import Ether
-
         await net.dhcp()
         g = net.guest()
         (_rule, _fd, port), = net.user.forward_fds()
@@ -300,8 +294,6 @@ def test_a_ping_beyond_the_stack_goes_through_a_host_socket() -> None:
     as root without ping_group_range, the shared raw socket)."""
 
     async def body(net: IoNet) -> None:
-        from scapy.layers.l2 import Ether
-
         g = net.guest()
         net.send(g.port, Ether(src=g.mac, dst="52:55:0a:00:02:02") / IP(src=GUEST, dst="203.0.113.7")
                  / ICMP(id=0x77, seq=3) / b"ping through")
@@ -319,8 +311,6 @@ def test_a_udp_send_the_host_refuses_at_once_gives_the_guest_icmp(dst: str, code
     unreachable (udp_input: icmp_send_error on sosendto failure) rather than dropping it silently."""
 
     async def body(net: IoNet) -> None:
-        from scapy.layers.l2 import Ether
-
         g = net.guest()
         net.send(g.port, Ether(src=g.mac, dst="52:55:0a:00:02:02") / udp(dst, 5000, b"hello?", sport=40600))
         err = await net.frame(lambda f: ICMP in f, "ICMP")
@@ -366,19 +356,18 @@ def test_two_guests_pinging_with_the_same_identifier_each_get_their_own_replies(
     two guests' echo identifiers must not collide on it (the second took the first's replies)."""
 
     async def body(net: IoNet) -> None:
-        from scapy.layers.l2 import Ether
-
-        from tests.io.usernet_harness import GuestPort
-
         other = GuestPort("guest2")
         net.hub.attach(other)
         macs = {"52:54:00:12:34:56": net.guest_port, "52:54:00:12:34:57": other}
         for n, (mac, port) in enumerate(macs.items()):
             net.send(port, Ether(src=mac, dst="52:55:0a:00:02:02") / IP(src=f"10.0.2.{15 + n}", dst="203.0.113.7")
                      / ICMP(id=0x99, seq=n) / f"from guest {n}".encode())
-        replies = await net.until(lambda: [f for f in net.seen if ICMP in f and f[ICMP].type == 0] if len(
-            [f for f in net.seen if ICMP in f and f[ICMP].type == 0]) >= 2 else None, what="two echo replies")
-        got = {(f.dst, f[IP].dst, f[ICMP].id, f[ICMP].seq, l4_payload(f)) for f in replies}
+        def replies() -> list[Ether] | None:
+            found = [f for f in net.seen if ICMP in f and f[ICMP].type == 0]
+            return found if len(found) >= 2 else None
+
+        found = await net.until(replies, what="two echo replies")
+        got = {(f.dst, f[IP].dst, f[ICMP].id, f[ICMP].seq, l4_payload(f)) for f in found}
         assert got == {("52:54:00:12:34:56", "10.0.2.15", 0x99, 0, b"from guest 0"),
                        ("52:54:00:12:34:57", "10.0.2.16", 0x99, 1, b"from guest 1")}
 

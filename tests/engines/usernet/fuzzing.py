@@ -222,8 +222,8 @@ def mutate(rng: random.Random, frame: bytes, macs: list[str], ips: list[str]) ->
         elif op == 2:
             out += rng.randbytes(rng.randint(1, 40))
         elif op == 3 and len(out) >= 18:
-            out[16:18] = rng.choice([0, 19, 20, 28, len(out) - 14, len(out) - 13, 0xFFFF, rng.randint(0, 2000)]).to_bytes(
-                2, "big")
+            total = rng.choice([0, 19, 20, 28, len(out) - 14, len(out) - 13, 0xFFFF, rng.randint(0, 2000)])
+            out[16:18] = total.to_bytes(2, "big")
         elif op == 4 and len(out) >= 15:
             out[14] = rng.choice([0x40, 0x44, 0x46, 0x4F, 0x45, 0x65, rng.randint(0, 255)])
         elif op == 5 and len(out) >= 40:

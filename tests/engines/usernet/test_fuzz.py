@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.engines.usernet.fuzzing import Fuzzer, check_invariants, fix_checksums
-from tests.engines.usernet.stacknet import HOST_MAC, GUEST_MAC, StackNet, mac_bytes
+from tests.engines.usernet.stacknet import GUEST_MAC, HOST_MAC, StackNet, mac_bytes
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -73,6 +73,7 @@ class TcpFlow(Flow):
     """One guest TCP connection: the engine, where its frames go, and what is on the far side."""
 
     __slots__ = (
+        "closed",
         "conn",
         "connecting",
         "dns",
@@ -80,7 +81,6 @@ class TcpFlow(Flow):
         "far",
         "guest_ip",
         "ip_base",
-        "closed",
         "key",
         "kind",
         "mac",
