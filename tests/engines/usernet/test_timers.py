@@ -82,6 +82,23 @@ def test_ten_thousand_interactive_exchanges_keep_the_heap_bounded_by_live_flows(
     assert net.stack.faults.counts == {}
 
 
+def test_the_heap_stays_small_during_a_long_transfer() -> None:
+    """Each segment re-arms the connection's timers; the heap must not keep an entry per call (the old
+    stack's did: two per segment, half of them due two hours later with keepalive)."""
+    net = StackNet()
+    c = FastTcp(net, Port("a"), 40000)
+    for _ in range(5000):
+        net.now += 0.0005
+        c.send("A", b"x" * 1000)
+        for action in net.stack.take_actions():
+            if action[0] == A.TCP_WRITE:
+                net.stack.tcp_written(action[1], len(action[2]), net.now)
+        net.stack.take_frames()
+        assert net.stack.flows.heap_size < 20
+    net.advance(10)
+    assert net.stack.flows.heap_size < 20
+
+
 def test_an_idle_stack_has_no_timer_and_a_closed_flow_leaves_nothing_due() -> None:
     net = StackNet()
     assert net.stack.get_timer() is None
