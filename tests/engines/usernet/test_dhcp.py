@@ -135,3 +135,31 @@ def test_dhcp_for_another_ports_mac_is_refused() -> None:
     net.send(b, dhcp_frame("discover", GUEST_MAC, xid=2))
     assert net.frames() == []
     assert net.stack.guests.counters.mac_spoofed == 1
+
+
+def test_dhcp_with_ip_options_is_served() -> None:
+    """The 0.0.0.0 source is allowed for UDP to port 67 only: the port must be read after the IP options
+    (it was read at offset 20, inside the options, and the DISCOVER refused as a spoofed source)."""
+    from scapy.layers.inet import IPOption_Router_Alert
+
+    net = StackNet()
+    a = Port("a")
+    frame = dhcp_frame("discover", GUEST_MAC)
+    frame[IP].options = [IPOption_Router_Alert()]
+    del frame[IP].ihl, frame[IP].len, frame[IP].chksum
+    net.send(a, Ether(bytes(frame)))
+    offer, _ = dhcp_reply(net, GUEST_MAC, 2, 0x1234)
+    assert offer[BOOTP].yiaddr == GUEST
+    assert net.stack.counters.bad_source == 0
+
+
+def test_a_zero_source_with_ip_options_is_still_only_for_dhcp() -> None:
+    from scapy.layers.inet import IPOption_Router_Alert
+
+    net = StackNet()
+    a = Port("a")
+    pkt = Ether(src=GUEST_MAC, dst=HOST_MAC) / IP(src="0.0.0.0", dst=HOST, options=[IPOption_Router_Alert()]) / UDP(
+        sport=68, dport=9999) / b"x"
+    net.send(a, pkt)
+    assert net.frames() == [] and net.actions() == []
+    assert net.stack.counters.bad_source == 1
