@@ -4,15 +4,30 @@ loopback (or in a network namespace the test creates)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import random
 import socket
 import struct
 
 import pytest
+from scapy.layers.dns import DNS
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.l2 import Ether
 
-from tests.engines.usernet.stacknet import GUEST, HOST, GuestTcp, l4_payload, udp
+from tests.engines.usernet.stacknet import (
+    GUEST,
+    HOST,
+    GuestTcp,
+    dns_answer,
+    dns_query,
+    l4_payload,
+    tcp_fields,
+    tcp_frame,
+    udp,
+)
 from tests.io.usernet_harness import GuestPort, IoNet, run, run_in_netns
+from vmlan.engines.tcp import TcpParams
 
 LINGER_ABORT = struct.pack("ii", 1, 0)
 
@@ -372,3 +387,106 @@ def test_two_guests_pinging_with_the_same_identifier_each_get_their_own_replies(
                        ("52:54:00:12:34:57", "10.0.2.16", 0x99, 1, b"from guest 1")}
 
     run_in_netns(NETNS, "", body)
+
+
+def test_a_fast_host_sender_is_paused_and_resumed_by_a_slow_guest() -> None:
+    """A 64 KiB send buffer and 1.5 MB from the host: the stack stops reading the host socket when the
+    buffer is full (tcp_fill -> None) and reads again on TCP_RESUME when the guest acknowledges."""
+    server = listener()
+    port = server.getsockname()[1]
+    blob = os.urandom(1_500_000)
+
+    async def body(net: IoNet) -> None:
+        t = GuestTcp(net, net.guest(), HOST, port)  # type: ignore[arg-type]
+        accept = asyncio.ensure_future(net.loop.sock_accept(server))
+        await handshake(net, t)
+        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn.setblocking(False)
+        send = asyncio.ensure_future(net.loop.sock_sendall(conn, blob))
+        assert await receive(net, t, len(blob)) == blob
+        await asyncio.wait_for(send, 5)
+        conn.close()
+
+    try:
+        run("", body, tcp=TcpParams(mss=1460, snd_buffer=65536))
+    finally:
+        server.close()
+
+
+def test_a_host_peer_that_does_not_read_closes_the_guests_window_and_nothing_piles_up() -> None:
+    """Guest data the host socket cannot take stays counted against the guest's window: the guest is
+    held back by a zero window, the I/O layer's queue stays within the receive buffer, and once the
+    peer reads, everything arrives intact."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted socket
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    rcv_buffer = 256 * 1024
+
+    async def body(net: IoNet) -> None:
+        g = net.guest()
+        t = GuestTcp(net, g, HOST, port, wscale=None)  # type: ignore[arg-type]
+        accept = asyncio.ensure_future(net.loop.sock_accept(server))
+        await handshake(net, t)
+        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn.setblocking(False)
+        rng = random.Random(5)
+        sent_hash, got_hash = hashlib.sha256(), hashlib.sha256()
+        sent = acked = 0
+        window = 0xFFFF
+        queued_max = 0
+        start = 0
+        while window and sent < 40_000_000:  # the peer reads nothing: the window must close
+            while sent < acked + window:
+                chunk = rng.randbytes(min(1460, acked + window - sent))
+                sent_hash.update(chunk)
+                net.send(g.port, tcp_frame(g.mac, "52:55:0a:00:02:02", g.ip, HOST, t.sport, port,
+                                           t.isn + 1 + sent, t.rcv_nxt, "PA", chunk))
+                sent += len(chunk)
+            await net.until(lambda mark=start: len(net.guest_port.received) > mark, timeout=2, what="ACKs")
+            for raw in net.guest_port.received[start:]:
+                _sport, dport, _seq, ack, _flags, win = tcp_fields(raw)
+                if dport == t.sport:
+                    acked = max(acked, (ack - t.isn - 1) & 0xFFFFFFFF)
+                    window = win
+            start = len(net.guest_port.received)
+            queued_max = max([queued_max] + [len(h.out) for h in net.user._tcp.values()])
+        assert window == 0 and acked == sent
+        assert queued_max <= rcv_buffer, queued_max
+        received = 0
+        while received < sent:  # now the peer reads: everything the guest saw acknowledged arrives
+            chunk = await asyncio.wait_for(net.loop.sock_recv(conn, 1 << 20), 5)
+            assert chunk
+            got_hash.update(chunk)
+            received += len(chunk)
+        assert received == sent and got_hash.digest() == sent_hash.digest()
+        await net.segments(t, lambda seg: seg.window > 0, "the window to open again")
+        conn.close()
+
+    try:
+        run("", body, tcp=TcpParams(mss=1460, rcv_buffer=rcv_buffer))
+    finally:
+        server.close()
+
+
+def test_dns_through_a_real_upstream_on_loopback() -> None:
+    upstream = listener(socket.SOCK_DGRAM)
+    port = upstream.getsockname()[1]
+
+    async def body(net: IoNet) -> None:
+        g = net.guest()
+        net.send(g.port, Ether(src=g.mac, dst="52:55:0a:00:02:03") / dns_query(0x4242, name="real.example"))
+        query, peer = await asyncio.wait_for(net.loop.sock_recvfrom(upstream, 1500), 5)
+        qid = int.from_bytes(query[:2], "big")
+        assert DNS(query).qd[0].qname == b"real.example."
+        await net.loop.sock_sendto(upstream, dns_answer(qid, "real.example", "192.0.2.44"), peer)
+        reply = await net.frame(lambda f: DNS in f, "the answer")
+        assert (reply[IP].src, reply[UDP].sport, reply[DNS].id) == ("10.0.2.3", 53, 0x4242)
+        assert reply[DNS].an[0].rdata == "192.0.2.44"
+
+    try:
+        run(f"dns-server=127.0.0.1:{port}", body)
+    finally:
+        upstream.close()

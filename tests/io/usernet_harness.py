@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable
@@ -48,11 +49,15 @@ class GuestPort(Port):
 
 
 class IoNet:
-    def __init__(self, options: str = "") -> None:
+    def __init__(self, options: str = "", **changes: Any) -> None:
+        """``options`` for ``-netdev user`` (dns-server defaults to 127.0.0.1:9, discard); ``changes``
+        replace fields of the StackConfig built from them (``tcp=TcpParams(...)``)."""
         self.loop = asyncio.get_running_loop()
-        text = "user,id=u0,dns-server=127.0.0.1:9" + ("," + options if options else "")
-        user = parse_user_netdev(parse_qemuopts(text))
-        self.user = UserNetPort(user, self.loop, stack_config(user, resolv_conf="/nonexistent"))
+        if "dns-server=" not in options:
+            options = "dns-server=127.0.0.1:9" + ("," + options if options else "")
+        user = parse_user_netdev(parse_qemuopts("user,id=u0," + options))
+        cfg = stack_config(user, resolv_conf="/nonexistent")
+        self.user = UserNetPort(user, self.loop, dataclasses.replace(cfg, **changes) if changes else cfg)
         self.stack = self.user.stack
         self.hub = Hub(0)
         self.guest_port = GuestPort()
@@ -131,8 +136,8 @@ class IoNet:
         self.user.close()
 
 
-async def with_net(options: str, body: Callable[[IoNet], Awaitable[T]]) -> T:
-    net = IoNet(options)
+async def with_net(options: str, body: Callable[[IoNet], Awaitable[T]], **changes: Any) -> T:
+    net = IoNet(options, **changes)
     try:
         return await body(net)
     finally:
@@ -140,8 +145,8 @@ async def with_net(options: str, body: Callable[[IoNet], Awaitable[T]]) -> T:
         assert net.stack.faults.counts == {}, net.stack.faults.first
 
 
-def run(options: str, body: Callable[[IoNet], Awaitable[T]]) -> T:
-    return asyncio.run(with_net(options, body))
+def run(options: str, body: Callable[[IoNet], Awaitable[T]], **changes: Any) -> T:
+    return asyncio.run(with_net(options, body, **changes))
 
 
 def run_in_netns(setup: list[str], options: str, body: Callable[[IoNet], Awaitable[T]]) -> T:
