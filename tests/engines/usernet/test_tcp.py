@@ -13,23 +13,28 @@ import random
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, IPerror, TCPerror
+from scapy.layers.l2 import Ether
 
 from tests.engines.usernet.stacknet import (
     GUEST,
     GUEST2,
     GUEST2_MAC,
     HOST,
+    HOST_MAC,
     OUTSIDE,
     GuestTcp,
     StackNet,
     build_config,
+    check_frame,
     kinds,
     mss_option,
     only,
     open_tcp,
     reader_of,
+    wire_frames,
 )
 from vmlan.engines.usernet import actions as A
+from vmlan.wire.vnet import FLAG_DATA_VALID, Offload
 
 
 @pytest.mark.parametrize(("options", "mss"), [("", 1460), ("mtu=1400", 1360), ("mtu=9000", 8960)])
@@ -346,3 +351,50 @@ def test_tcp_cap_per_guest() -> None:
     b = net.guest("b", GUEST2_MAC, GUEST2)
     GuestTcp(net, b, HOST, 8080).syn()
     assert kinds(net.actions()) == ["TCP_CONNECT"]
+
+
+def test_a_port_taking_gso_gets_64k_segments_and_they_cut_into_valid_frames() -> None:
+    net = StackNet()
+    a = net.guest(offload_ok=True)
+    g, fid = open_tcp(net, a)
+    blob = random.Random(4).randbytes(200_000)
+    assert net.stack.tcp_fill(fid, reader_of(blob), net.now) == 200_000
+    raw = net.raw_frames()
+    big = [(f, off) for f, off in raw if off is not None]
+    assert big and all(off.gso_type == 1 and off.gso_size == 1460 for _f, off in big)
+    assert max(len(f) for f, _off in big) > 14 + 1500
+    pieces = [check_frame(p) for f, off in raw for p in wire_frames(f, off)]
+    g.absorb(g.mine(pieces))
+    got = g.reassemble(g.rcv_nxt)
+    assert got == blob[: len(got)] and len(got) >= net.cfg.tcp.initial_window * 1460  # one GSO frame or more
+
+
+def test_a_checksum_the_sender_vouched_for_is_not_verified_again() -> None:
+    """Offload FLAG_DATA_VALID (a TAP with vnet headers: the kernel checked it) or NEEDS_CSUM (the guest
+    left it to the hardware): the stack does not verify the transport checksum; without one it does."""
+    net = StackNet()
+    a = net.guest()
+    t, _fid = open_tcp(net, a)
+    pkt = IP(bytes(IP(src=GUEST, dst=HOST, flags="DF") / TCP(sport=t.sport, dport=8080, flags="PA", seq=t.seq,
+                                                              ack=t.rcv_nxt, window=64240) / b"vouched"))
+    pkt[TCP].chksum ^= 0xFFFF
+    frame = bytes(Ether(src=a.mac, dst=HOST_MAC) / pkt)
+    net.stack.receive_frame(frame, a.port, None, net.now)
+    assert net.actions() == []
+    net.stack.receive_frame(frame, a.port, Offload(FLAG_DATA_VALID), net.now)
+    assert only(net.actions())[2] == b"vouched"
+
+
+def test_a_guest_leaving_closes_its_connections_abortively_and_keeps_others() -> None:
+    net = StackNet("hostfwd=tcp::2222-:22")
+    a = net.guest("a", dhcp=True)
+    b = net.guest("b", GUEST2_MAC, GUEST2)
+    _t, fid_a = open_tcp(net, a)
+    _t2, fid_b = open_tcp(net, b)
+    fwd = net.stack.hostfwd_tcp(0, ("127.0.0.1", 1), net.now)
+    net.frames()
+    net.stack.port_left(a.port, net.now)
+    assert sorted(net.actions()) == sorted([(A.TCP_CLOSE, fid_a, True), (A.TCP_CLOSE, fwd, True)])
+    assert [f.fid for f in net.stack.tcp.by_key.values()] == [fid_b]
+    assert net.stack.tcp.fwd_count == {0: 0}
+    assert net.frames() == []  # nobody is left to tell
