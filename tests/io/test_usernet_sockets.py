@@ -490,3 +490,25 @@ def test_dns_through_a_real_upstream_on_loopback() -> None:
         run(f"dns-server=127.0.0.1:{port}", body)
     finally:
         upstream.close()
+
+
+def test_a_guest_leaving_the_hub_resets_its_host_connections() -> None:
+    server = listener()
+    port = server.getsockname()[1]
+
+    async def body(net: IoNet) -> None:
+        t = GuestTcp(net, net.guest(), HOST, port)  # type: ignore[arg-type]
+        accept = asyncio.ensure_future(net.loop.sock_accept(server))
+        await handshake(net, t)
+        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn.setblocking(False)
+        net.hub.detach(net.guest_port)
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(net.loop.sock_recv(conn, 10), 5)
+        assert not net.user._tcp and not net.stack.guests.by_port
+        conn.close()
+
+    try:
+        run("", body)
+    finally:
+        server.close()
