@@ -398,3 +398,29 @@ def test_a_guest_leaving_closes_its_connections_abortively_and_keeps_others() ->
     assert [f.fid for f in net.stack.tcp.by_key.values()] == [fid_b]
     assert net.stack.tcp.fwd_count == {0: 0}
     assert net.frames() == []  # nobody is left to tell
+
+
+def test_a_new_syn_on_a_connection_in_time_wait_opens_a_new_one() -> None:
+    """The host closed first (the stack is in TIME_WAIT, 1 s): the guest reusing its port at once gets a
+    new connection (RFC 6191-style: a SYN above the old sequence space), not a RST."""
+    net = StackNet()
+    a = net.guest()
+    g, fid = open_tcp(net, a)
+    assert net.stack.tcp_fill(fid, reader_of(b""), net.now) == 0  # host EOF: our FIN first
+    fin = only(g.mine(net.frames()))
+    assert "F" in fin.flags
+    g.rcv_nxt += 1
+    g.send("FA")
+    assert kinds(net.actions()) == ["TCP_SHUTDOWN"]
+    net.frames()
+    flow = next(iter(net.stack.tcp.by_key.values()))
+    assert flow.conn.state == "TIME_WAIT"
+    again = GuestTcp(net, a, HOST, 8080, sport=g.sport, isn=g.seq + 100_000)
+    again.syn()
+    actions = net.actions()
+    assert (A.TCP_CLOSE, fid, False) in actions and kinds(actions).count("TCP_CONNECT") == 1
+    new_fid = next(x[1] for x in actions if x[0] == A.TCP_CONNECT)
+    assert new_fid != fid
+    net.stack.tcp_connected(new_fid, net.now)
+    again.take_synack([f for f in net.frames() if "S" in f[TCP].flags])
+    assert net.stack.faults.counts == {}
