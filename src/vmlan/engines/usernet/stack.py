@@ -173,6 +173,12 @@ class UserStack:
         if int.from_bytes(view[14 : 14 + ihl], "big") % 0xFFFF:
             core.counters.bad_ipv4 += 1
             return
+        l4 = view[14 + ihl : end]
+        if ihl != 20:  # the one unpack read the ports at offset 20: inside the options
+            sport = dport = 0
+            if len(l4) >= 4:
+                sport = (l4[0] << 8) | l4[1]
+                dport = (l4[2] << 8) | l4[3]
         if guest.ip_of.get(mac) != src:
             if src == _ZERO4:
                 if proto != 17 or dport != 67 or frag & 0x3FFF:
@@ -184,10 +190,6 @@ class UserStack:
         if frag & 0x3FFF:
             self._fragment(guest, mac, frame, now)
             return
-        l4 = view[14 + ihl : end]
-        if ihl != 20 and len(l4) >= 4:
-            sport = (l4[0] << 8) | l4[1]
-            dport = (l4[2] << 8) | l4[3]
         vouched = offload is not None and bool(offload.flags & _L4_VOUCHED)
         if proto == 6:
             if len(l4) < 20:
