@@ -512,3 +512,36 @@ def test_a_guest_leaving_the_hub_resets_its_host_connections() -> None:
         run("", body)
     finally:
         server.close()
+
+
+def test_hostfwd_add_and_remove_at_run_time() -> None:
+    """QEMU's HMP hostfwd_add / hostfwd_remove: a rule added while running forwards at once; removing it
+    closes the listener (new clients are refused) and ends its UDP sessions."""
+    from vmlan.config.usernet import parse_hostfwd_remove, parse_hostfwd_rule
+    from vmlan.io.errors import LinkError
+
+    async def body(net: IoNet) -> None:
+        await net.dhcp()
+        g = net.guest()
+        assert net.user.forward_fds() == []
+        port = net.user.add_hostfwd(parse_hostfwd_rule("udp:127.0.0.1:0-:55", net.user.cfg))
+        assert [p for _r, _fd, p in net.user.forward_fds()] == [port]
+        with pytest.raises(LinkError, match="already forwarded"):
+            net.user.add_hostfwd(parse_hostfwd_rule(f"udp:127.0.0.1:{port}-:56", net.user.cfg))
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind(("127.0.0.1", 0))
+        client.setblocking(False)
+        await net.loop.sock_sendto(client, b"question", ("127.0.0.1", port))
+        frame = await net.frame(lambda f: UDP in f and f[UDP].dport == 55, "the datagram")
+        assert l4_payload(frame) == b"question"
+        assert len(net.stack.udp.sessions) == 1
+        assert net.user.remove_hostfwd(*parse_hostfwd_remove(f"udp:127.0.0.1:{port}"))
+        assert not net.user.remove_hostfwd(*parse_hostfwd_remove(f"udp:127.0.0.1:{port}"))
+        assert net.user.forward_fds() == [] and net.stack.udp.sessions == {}
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", port))  # the listener is closed: the port is free again
+        probe.close()
+        client.close()
+        del g
+
+    run("", body)

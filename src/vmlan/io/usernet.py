@@ -129,7 +129,7 @@ class UserNetPort(Port):
         self._raw_flows: dict[tuple[str, int], int] = {}  # (dst, our identifier on the raw socket) -> fid
         self._raw_ident = int.from_bytes(os.urandom(2), "big")
         self._lingering: set[_HostTcp] = set()
-        self._fwd_socks: list[socket.socket] = []
+        self._fwd_socks: dict[int, socket.socket] = {}
         self._leases_timer: asyncio.TimerHandle | None = None
         self._udp_buf = bytearray(UDP_BUFSIZE)
         self._udp_view = memoryview(self._udp_buf)
@@ -169,32 +169,74 @@ class UserNetPort(Port):
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        for index, rule in enumerate(self.stack.cfg.hostfwd):
-            kind = socket.SOCK_STREAM if rule.proto == "tcp" else socket.SOCK_DGRAM
-            sock = socket.socket(socket.AF_INET, kind)
+        for index, rule in list(self.stack.hostfwd.items()):
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
-                if kind == socket.SOCK_STREAM:
-                    sock.listen(64)
-                sock.setblocking(False)
-            except OSError as exc:
-                sock.close()
+                self._listen(index, rule)
+            except LinkError:
                 self.close()
-                raise LinkError(
-                    f"-netdev user,id={self.name}: could not set up host forwarding rule "
-                    f"'{rule.proto}:{rule.host_addr}:{rule.host_port}': {exc.strerror}"
-                ) from None
-            self._fwd_socks.append(sock)
+                raise
+
+    def _listen(self, index: int, rule: HostForward) -> int:
+        """Open the host socket of rule ``index``; returns the bound port (a rule may ask for port 0)."""
+        kind = socket.SOCK_STREAM if rule.proto == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(socket.AF_INET, kind)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
             if kind == socket.SOCK_STREAM:
-                self._loop.add_reader(sock.fileno(), self._on_fwd_accept, index, sock)
-            else:
-                self._loop.add_reader(sock.fileno(), self._on_fwd_datagram, index, sock)
-            log.info("%s: forwarding %s %s:%d -> guest %s:%d", self.label, rule.proto, rule.host_addr or "*",
-                     sock.getsockname()[1], socket.inet_ntoa(rule.guest_addr), rule.guest_port)
+                sock.listen(64)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise LinkError(
+                f"-netdev user,id={self.name}: could not set up host forwarding rule "
+                f"'{rule.proto}:{rule.host_addr}:{rule.host_port}': {exc.strerror}"
+            ) from None
+        self._fwd_socks[index] = sock
+        if kind == socket.SOCK_STREAM:
+            self._loop.add_reader(sock.fileno(), self._on_fwd_accept, index, sock)
+        else:
+            self._loop.add_reader(sock.fileno(), self._on_fwd_datagram, index, sock)
+        port: int = sock.getsockname()[1]
+        log.info("%s: forwarding %s %s:%d -> guest %s:%d", self.label, rule.proto, rule.host_addr or "*", port,
+                 socket.inet_ntoa(rule.guest_addr), rule.guest_port)
+        return port
+
+    def add_hostfwd(self, rule: HostForward) -> int:
+        """QEMU's ``hostfwd_add``: listen for the rule now; returns the bound host port. A rule on a host
+        port another rule of this stack holds is refused with QEMU's message (LinkError)."""
+        for other_id, other in self.stack.hostfwd.items():
+            sock = self._fwd_socks.get(other_id)
+            bound = sock.getsockname()[1] if sock is not None else other.host_port
+            same_addr = rule.host_addr == other.host_addr or "" in (rule.host_addr, other.host_addr)
+            if rule.host_port and rule.proto == other.proto and rule.host_port == bound and same_addr:
+                raise LinkError(f"could not set up host forwarding rule '{rule.proto}:{rule.host_addr}:"
+                                f"{rule.host_port}': the port is already forwarded")
+        index = self.stack.add_hostfwd(rule)
+        try:
+            return self._listen(index, rule)
+        except LinkError:
+            self.stack.remove_hostfwd(index)
+            raise
+
+    def remove_hostfwd(self, proto: str, host_addr: str, host_port: int) -> bool:
+        """QEMU's ``hostfwd_remove``: True if a rule matched ("host forwarding rule for ... removed")."""
+        for index, rule in list(self.stack.hostfwd.items()):
+            sock = self._fwd_socks.get(index)
+            bound = sock.getsockname()[1] if sock is not None else rule.host_port
+            if rule.proto == proto and (rule.host_addr or "") == host_addr and host_port in (rule.host_port, bound):
+                if sock is not None:
+                    del self._fwd_socks[index]
+                    with contextlib.suppress(ValueError, OSError):
+                        self._loop.remove_reader(sock.fileno())
+                    sock.close()
+                self.stack.remove_hostfwd(index)
+                self._pump()
+                return True
+        return False
 
     def close(self) -> None:
-        for sock in self._fwd_socks:
+        for sock in self._fwd_socks.values():
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(sock.fileno())
             sock.close()
@@ -607,9 +649,10 @@ class UserNetPort(Port):
         self._pump()
 
     def _udp_fwd_reply(self, index: int, client: tuple[str, int], data: bytes) -> None:
-        if index < len(self._fwd_socks):
+        sock = self._fwd_socks.get(index)
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._fwd_socks[index].sendto(data, client)
+                sock.sendto(data, client)
 
     # -- DNS upstream ----------------------------------------------------------------------------------------
     def _dns_send(self, upstream: tuple[str, int], payload: bytes, tcp: bool) -> None:
@@ -732,8 +775,10 @@ class UserNetPort(Port):
     def forward_fds(self) -> list[tuple[HostForward, int, int]]:
         """(rule, fd, bound port) of every hostfwd listener."""
         out = []
-        for rule, sock in zip(self.stack.cfg.hostfwd, self._fwd_socks, strict=False):
-            out.append((rule, sock.fileno(), sock.getsockname()[1]))
+        for index, sock in self._fwd_socks.items():
+            rule = self.stack.hostfwd.get(index)
+            if rule is not None:
+                out.append((rule, sock.fileno(), sock.getsockname()[1]))
         return out
 
     def fd_of(self, fid: int) -> int:
