@@ -159,6 +159,7 @@ def _summary(daemon: Daemon, d: Defined) -> NetworkSummary:
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem},
+    422: {"model": Problem, "description": "a request that does not fit the schema"},
 }
 
 

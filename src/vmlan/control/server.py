@@ -111,7 +111,10 @@ async def serve(daemon: Daemon, socket_file: Path | None = None, ready: asyncio.
         sys.stderr.write(f"vmlan daemon: {exc}\n")
         return 1
     path = socket_file or daemon.runtime_dir / SOCKET_NAME
-    private_dir(path.parent)
+    if socket_file is None:
+        private_dir(path.parent)
+    else:  # a directory the user named: made private if new, left as it is otherwise
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         sock = listen_unix(path)
     except OSError as exc:
