@@ -60,7 +60,8 @@ async def exercise(c: httpx.AsyncClient, runtime_dir: Path) -> None:
     r = await c.get("/networks/lab/xml")
     assert f"<uuid>{uuid}</uuid>" in r.json()["xml"] and "<bridge name='virbr1' stp='on' delay='0'/>" in r.json()["xml"]
     r = await c.post("/networks/lab/destroy")
-    assert r.status_code == 409 and r.json()["detail"] == "Requested operation is not valid: network 'lab' is not active"
+    assert r.status_code == 409
+    assert r.json()["detail"] == "Requested operation is not valid: network 'lab' is not active"
     r = await c.get("/networks/lab/leases")
     assert r.status_code == 200 and r.json() == []
 

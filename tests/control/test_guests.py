@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from guest.harness import Guest
 from servers import HttpServer
 

@@ -25,7 +25,8 @@ def test_wal_and_full_sync(tmp_path: Path) -> None:
 
 def test_round_trips(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "vmlan.db")
-    row = NetworkRow("lab", "83274abb-f281-462c-9cac-d14b7e400291", "<network/>", True, "rootless", True, "b", "rootless")
+    row = NetworkRow("lab", "83274abb-f281-462c-9cac-d14b7e400291", "<network/>", True, "rootless", True, "b",
+                     "rootless")
     store.put_network(row)
     assert store.network("lab") == row
     store.set_autostart("lab", False)

@@ -98,7 +98,7 @@ def _fwd_key(text: str) -> tuple[str, str, int]:
     return parts[0], parts[1], int(parts[2])
 
 
-def run_command(cmd: str, args: list[str], client: Client, out: Callable[[str], None]) -> None:
+def run_command(cmd: str, args: list[str], client: Client, out: Callable[[str], object]) -> None:
     """Run one command; raises ClientError (the daemon's error) or UsageError."""
     if cmd == "net-list":
         pos, opts = _flags(args, {"all": False, "inactive": False, "name": False, "uuid": False,
@@ -186,7 +186,7 @@ def run_command(cmd: str, args: list[str], client: Client, out: Callable[[str], 
             out(text if text.endswith("\n") else text + "\n")
     elif cmd in ("hostfwd_add", "hostfwd_remove"):
         if len(args) not in (1, 2):
-            raise UsageError(f"expects [NETWORK|NETDEV] RULE")
+            raise UsageError("expects [NETWORK|NETDEV] RULE")
         target = args[0] if len(args) == 2 else None
         text = client.request("POST", "/monitor", {"command": f"{cmd} {_quote(args[-1])}", "target": target})["output"]
         if text:
@@ -246,7 +246,8 @@ def run_command(cmd: str, args: list[str], client: Client, out: Callable[[str], 
             raise ClientError(f"no DNS record '{args[1]}' added to network '{args[0]}'")
     elif cmd == "net-mac-table":
         name = _one(args)
-        rows = [[e["mac"], e["port"], f"{e['age']:.0f}"] for e in client.request("GET", f"/networks/{seg(name)}/mac-table")]
+        entries = client.request("GET", f"/networks/{seg(name)}/mac-table")
+        rows = [[e["mac"], e["port"], f"{e['age']:.0f}"] for e in entries]
         out(virsh.command_output(virsh.table(["MAC address", "Port", "Age"], rows)))
     elif cmd in ("net-status", "stats"):
         import json

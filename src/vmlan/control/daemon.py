@@ -46,8 +46,8 @@ from vmlan.control.backends import (
     AttachResult,
     BackendError,
     DnsRecords,
-    ForwardRule,
     Forwarding,
+    ForwardRule,
     LeaseRecord,
     LinkControl,
     Monitor,
@@ -157,8 +157,10 @@ class Subscriber:
 
 
 def _load_privileged() -> NetworkBackend | None:
+    import importlib
+
     try:
-        from vmlan.control import privileged
+        privileged = importlib.import_module("vmlan.control.privileged")
     except ImportError:
         return None
     backend: NetworkBackend = privileged.PrivilegedBackend()
@@ -437,7 +439,8 @@ class Daemon:
                     return name, running
         return None
 
-    def attach(self, xml: str, owner_uid: int, docname: str = "(domain_definition)") -> tuple[list[str], list[dict[str, Any]]]:
+    def attach(self, xml: str, owner_uid: int,
+               docname: str = "(domain_definition)") -> tuple[list[str], list[dict[str, Any]]]:
         """Set up every interface of ``xml`` (a domain or one <interface>); the QEMU argv and what was done.
         All or nothing: a failing interface undoes the ones before it."""
         ifaces = _parse_interfaces(xml, docname)
@@ -468,7 +471,7 @@ class Daemon:
                 report.append(entry)
             argv = qemu_args(ifaces, lambda iface, index: netdevs[index], DEFAULT_MODEL)
         except BaseException:
-            for name, running, target in reversed(done):
+            for _name, running, target in reversed(done):
                 with contextlib.suppress(Exception):
                     running.detach(target)
                 self.state.remove_attachment(target)
@@ -644,7 +647,8 @@ class Daemon:
             elif len(args) == 1:
                 rule_text = args[0]
             else:
-                raise DaemonError(400, "usage: hostfwd_add [netdev_id] [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport")
+                raise DaemonError(400, "usage: hostfwd_add [netdev_id] "
+                                       "[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport")
             name = self._forward_network(target)
             rule = self.parse_hostfwd(name, rule_text)
             self.add_forward(name, rule)

@@ -42,17 +42,20 @@ def usernet_json(ident: str, port: UserNetPort, hubid: int) -> dict[str, Any]:
     for flow in stack.flows:
         if isinstance(flow, TcpFlow):
             conn = flow.conn
-            tcp.append({"state": str(conn.state), "fd": port.fd_of(flow.fid), "guest_addr": socket.inet_ntoa(flow.guest_ip),
+            tcp.append({"state": str(conn.state), "fd": port.fd_of(flow.fid),
+                        "guest_addr": socket.inet_ntoa(flow.guest_ip),
                         "guest_port": flow.key[1], "dest_addr": socket.inet_ntoa(flow.far), "dest_port": flow.key[3],
                         "recvq": conn.unconsumed, "sendq": conn.bytes_unacked})
         elif isinstance(flow, UdpFlow):
             dst, dport = flow.last_dst
             left = max(0, int(flow.deadline - now)) if flow.deadline != float("inf") else 0
-            udp.append({"expires_in": left, "fd": port.fd_of(flow.fid), "guest_addr": socket.inet_ntoa(flow.guest_ip),
+            udp.append({"expires_in": left, "fd": port.fd_of(flow.fid),
+                        "guest_addr": socket.inet_ntoa(flow.guest_ip),
                         "guest_port": flow.guest_port, "dest_addr": dst, "dest_port": dport})
         elif isinstance(flow, PingFlow):
             left = max(0, int(flow.deadline - now)) if flow.deadline != float("inf") else 0
-            icmp.append({"expires_in": left, "fd": port.fd_of(flow.fid), "guest_addr": socket.inet_ntoa(flow.guest_ip),
+            icmp.append({"expires_in": left, "fd": port.fd_of(flow.fid),
+                         "guest_addr": socket.inet_ntoa(flow.guest_ip),
                          "dest_addr": flow.dst})
     guests = []
     for guest in stack.guests.by_port.values():

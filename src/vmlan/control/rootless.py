@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmlan.config.libvirt import Interface, Network, NetworkIP
 from vmlan.config.netdev import StreamNetdev, UnixAddr
@@ -66,9 +66,12 @@ from vmlan.engines.dns import HOST_NAME, DnsConfig, read_resolv_conf
 from vmlan.engines.tcp import TcpParams
 from vmlan.engines.usernet import HostForward, StackConfig
 from vmlan.io.errors import LinkError
-from vmlan.io.stream import StreamClient
+from vmlan.io.stream import StreamClient, StreamPort
 from vmlan.lan import Hub, Port, Switch
 from vmlan.wire.ethernet import mac_to_str
+
+if TYPE_CHECKING:
+    from vmlan.control.daemon import DaemonRuntime
 
 log = logging.getLogger("vmlan")
 
@@ -126,7 +129,8 @@ def plan(net: Network) -> Plan | None:
     subnet = ip.network
     assert isinstance(subnet, IPv4Network) and isinstance(ip.address, IPv4Address)
     if subnet.prefixlen > 29:
-        raise BackendError(f"network '{net.name}': the subnet {subnet} is too small for a rootless network (/29 at most)")
+        raise BackendError(f"network '{net.name}': the subnet {subnet} is too small for a rootless network "
+                           "(/29 at most)")
     gateway = ip.address
     if gateway in (subnet.network_address, subnet.broadcast_address):
         raise BackendError(f"network '{net.name}': {gateway} is not a host address of {subnet}")
@@ -383,7 +387,7 @@ class RootlessNetwork:
         assert isinstance(link, StreamClient)
         previous = link.on_port
 
-        def on_port(port: Port) -> None:
+        def on_port(port: StreamPort) -> None:
             if previous is not None:
                 previous(port)
             current = self.attached.get(target, iface)
@@ -585,5 +589,3 @@ def _valid_id(name: str) -> bool:
 
 
 __all__ = ["Plan", "RootlessBackend", "RootlessNetwork", "attach_target", "plan", "stack_config"]
-
-_ = ipaddress  # re-exported names above only
