@@ -9,7 +9,7 @@ the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from vmlan.engines.dhcp import DhcpServer, Lease
 from vmlan.engines.dns import DnsForwarder, Reply, SendUpstream, TcpDnsFramer
@@ -119,7 +119,7 @@ class DnsService:
             elif isinstance(action, Reply):
                 if action.upstream_id is not None:
                     core.actions.append((A.DNS_FORGET, action.upstream_id))
-                client = action.client
+                client = cast("tuple[Any, ...]", action.client)  # ("udp", ip, port) or ("tcp", fid), as queried
                 if client[0] == "udp":
                     core.send_udp(core.dns_ip, 53, client[1], client[2], action.payload)
                 else:

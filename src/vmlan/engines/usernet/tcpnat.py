@@ -73,6 +73,7 @@ class TcpFlow(Flow):
     """One guest TCP connection: the engine, where its frames go, and what is on the far side."""
 
     __slots__ = (
+        "closed",
         "conn",
         "connecting",
         "dns",
@@ -80,7 +81,6 @@ class TcpFlow(Flow):
         "far",
         "guest_ip",
         "ip_base",
-        "closed",
         "key",
         "kind",
         "mac",
@@ -192,14 +192,21 @@ class TcpNat:
     def _new(self, guest: Guest, mac: bytes, key: tuple[bytes, int, bytes, int], seg: memoryview, verified: bool,
              now: float) -> None:
         core = self.core
+        src, sport, dst, dport = key
+        # Validated before it means anything, a RST included: a corrupted segment is dropped, not answered.
+        off = (seg[12] >> 4) * 4
+        if off < 20 or off > len(seg) or sport == 0 or dport == 0 or (
+            not verified and internet_checksum(seg, IPV4.pseudo_sum(src, dst, 6) + len(seg))
+        ):
+            core.counters.bad_l4 += 1
+            return
         flags = seg[13]
         if flags & 0x04:
             return  # RST for nothing we know
-        src, sport, dst, dport = key
         if flags & 0x12 != 0x02:
             self._reset_for(src, dst, seg)  # not a bare SYN (RFC 9293 3.10.7.1)
             return
-        if sport == 0 or dport == 0 or not core.in_net(src):
+        if not core.in_net(src):
             core.counters.bad_l4 += 1
             return
         target: object
@@ -529,3 +536,5 @@ class TcpNat:
                     f.conn.set_buffer_limits(p.rcv_buffer, p.snd_buffer)
         if flows:
             core.flows.arm(self.mem_timer, now + MEMORY_CHECK)
+        else:
+            self.pressure = False  # nothing holds memory: the next connection starts at full size
