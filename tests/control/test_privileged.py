@@ -471,7 +471,7 @@ def test_failed_start_undoes_everything(host: NetThread) -> None:
     net = network("<forward/><ip address='10.70.0.1' prefix='24'><dhcp><range start='10.70.0.10' "
                   "end='10.70.0.20'/></dhcp></ip>")
     broken = PrivilegedBackend(nft="/bin/false")
-    with pytest.raises(PrivilegedError, match=r"^network 't1': nft -f - failed \(status 1\)"):
+    with pytest.raises(PrivilegedError, match=r"^nft -f - failed \(status 1\)"):
         start(host, broken, net)
     assert nothing_left() and broken.networks == {}
     backend = PrivilegedBackend()
@@ -554,7 +554,7 @@ def test_a_restarted_daemon_adopts_its_bridge_and_taps(host: NetThread, backend:
     assert ns is not None
     before_links, before_rules = set(links(ns)), ruleset(ns)
     net = network("<forward/><ip address='10.95.0.1' prefix='24'><dhcp><range start='10.95.0.10' "
-                  "end='10.95.0.20'/></dhcp></ip>")
+                  "end='10.95.0.20'/></dhcp></ip>", bridge="<bridge name='vbt0'/>")  # STP on: delay 2 s now
     first, ctx = start(host, backend, net)
     a0 = host.call(first.attach, guest_iface("52:54:00:95:00:01"), 1000)
     host.call(first.attach, guest_iface("52:54:00:95:00:02"), 1000)
@@ -579,6 +579,8 @@ def test_a_restarted_daemon_adopts_its_bridge_and_taps(host: NetThread, backend:
     assert host.call(second.attach, guest_iface("52:54:00:95:00:03"), 1000).target == "vnet2"
     assert sorted(second.taps) == ["vnet0", "vnet2"]
     client = static_client(namespaces, ns, "vbt0", "10.95.0.50/24")
+    wait_for(lambda: links(ns)["vch"]["linkinfo"]["info_slave_data"]["state"] == "forwarding", timeout=15,
+             what="STP to let the client's port forward")
     assert dns_udp(client, "10.95.0.1", HOST_NAME)[2] == ["10.95.0.1"]  # the services are back
     host.run(second.stop())
     assert set(links(ns)) - {"vch"} == before_links  # vnet1, never restored, went too
@@ -728,3 +730,23 @@ def test_services_take_garbage_floods_and_idle_clients(host: NetThread) -> None:
     assert counters["dhcp"]["internal_errors"] == 0 and counters["dns"]["internal_errors"] == 0
     assert counters["sockets"]["dhcp_received"] > 0 and counters["sockets"]["dns_udp_received"] > 0
     host.call(services.close)
+
+
+def test_a_failed_adoption_takes_everything_away(host: NetThread, backend: PrivilegedBackend) -> None:
+    ns = host.netns
+    assert ns is not None
+    before_links, before_rules = set(links(ns)), ruleset(ns)
+    net = network("<forward/><ip address='10.94.0.1' prefix='24'><dhcp><range start='10.94.0.10' "
+                  "end='10.94.0.20'/></dhcp></ip>")
+    first, ctx = start(host, backend, net)
+    host.call(first.attach, guest_iface("52:54:00:94:00:01"), 1000)
+    host.run(first.release())
+    blocker = host.call(_udp_blocker)  # the next daemon cannot serve DHCP: it gives up the network
+    try:
+        with pytest.raises(PrivilegedError, match=r"cannot bind udp 0\.0\.0\.0:67"):
+            start(host, PrivilegedBackend(), net, host.context(store_of(ctx)))
+    finally:
+        host.call(blocker.close)
+    assert set(links(ns)) == before_links and ruleset(ns) == before_rules  # bridge, TAP, table: gone
+    assert sysctl(ns, "ipv4/ip_forward") == "0"  # as the first daemon found it
+    assert not (host.runtime_dir / "privileged" / "vbt0.json").exists()

@@ -47,7 +47,7 @@ _UNIT = {"seconds": 1, "minutes": 60, "hours": 3600}
 
 
 class ServiceConfigError(ValueError):
-    """A network whose DHCP or DNS the engines refuse (one line naming the network)."""
+    """A network whose DHCP or DNS the engines refuse (one line; the caller names the network)."""
 
 
 def lease_seconds(lease: Lease | None) -> int:
@@ -119,7 +119,7 @@ def dhcp_plan(net: Network) -> DhcpPlan | None:
             continue
         raw = parse_mac(host.mac)
         if raw is None:
-            raise ServiceConfigError(f"network '{net.name}': invalid DHCP host MAC '{host.mac}'")
+            raise ServiceConfigError(f"DHCP: invalid host MAC '{host.mac}'")
         static[format_mac(raw)] = str(host.ip)
     first = ip.ranges[0].lease if ip.ranges else None
     if len({r.lease for r in ip.ranges}) > 1:
@@ -143,7 +143,7 @@ def dhcp_plan(net: Network) -> DhcpPlan | None:
             tftp_server_name=str(ip.bootp_server) if ip.bootp_server is not None else None,
         )
     except DhcpError as exc:
-        raise ServiceConfigError(f"network '{net.name}': DHCP: {exc}") from None
+        raise ServiceConfigError(f"DHCP: {exc}") from None
     return DhcpPlan(config, ip, in_use, tuple(ignored))
 
 
@@ -205,6 +205,6 @@ def dns_plan(net: Network, resolv_conf: str = "") -> DnsPlan | None:
             tcp_upstream=True,
         )
     except DnsError as exc:
-        raise ServiceConfigError(f"network '{net.name}': DNS: {exc}") from None
+        raise ServiceConfigError(f"DNS: {exc}") from None
     return DnsPlan(config, listen, tuple(dict.fromkeys(ignored)))
 

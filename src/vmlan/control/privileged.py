@@ -146,6 +146,11 @@ class _Forwarding:
     def saved(self, key: str) -> str | None:
         return self._saved.get(key)
 
+    def restore_unused(self, key: str, value: str) -> None:
+        """Put ``value`` back unless some network of this backend still needs the sysctl."""
+        if not self._users.get(key) and value != "1" and hostnet.read_sysctl(key) == "1":
+            hostnet.write_sysctl(key, value)
+
 
 @dataclass(frozen=True, slots=True)
 class Tap:
@@ -164,6 +169,7 @@ class _Undo:
     forwarding: list[str] = field(default_factory=list)
     services: BridgeServices | None = None
     note: Path | None = None
+    found: dict[str, str] = field(default_factory=dict)  # sysctl values an earlier daemon found (its note)
 
 
 class PrivilegedBackend:
@@ -200,7 +206,7 @@ class PrivilegedBackend:
         """Bring the network up, or adopt it (see the module docstring). Raises PrivilegedError, having
         undone everything."""
         if net.name in self.networks:
-            raise PrivilegedError(f"network '{net.name}' is already active")
+            raise PrivilegedError("the network is already active")
         if not net.has_host_bridge:
             return await self._start_host_bridge(net, ctx)
         note: dict[str, object] | None = None
@@ -219,7 +225,7 @@ class PrivilegedBackend:
         except (ServiceConfigError, BackendError) as exc:
             raise PrivilegedError(str(exc)) from None
         except Exception as exc:  # the libvirt layer's InternalError for virbr%d exhaustion, say
-            raise PrivilegedError(f"network '{net.name}': {exc}") from None
+            raise PrivilegedError(str(exc)) from None
         for what in (dhcp.ignored if dhcp else ()) + (dns.ignored if dns else ()):
             log.warning("network %s: %s is not supported by vmlan's DHCP/DNS and is ignored", net.name, what)
         undo = _Undo()
@@ -231,9 +237,9 @@ class PrivilegedBackend:
             if isinstance(exc, PrivilegedError):
                 raise
             if isinstance(exc, OSError):
-                raise PrivilegedError(f"network '{net.name}': {exc.strerror or exc}") from None
+                raise PrivilegedError(exc.strerror or str(exc)) from None
             if isinstance(exc, (NftError, DhcpError)):
-                raise PrivilegedError(f"network '{net.name}': {exc}") from None
+                raise PrivilegedError(str(exc)) from None
             raise
         self.networks[live.name] = running
         log.info("network %s: %s bridge %s (%s)", live.name, "adopted" if note else "started on", live.bridge,
@@ -247,7 +253,7 @@ class PrivilegedBackend:
         info = await hostnet.in_thread(functools.partial(hostnet.link_info, net.bridge))
         if info is None or info.kind != "bridge":
             what = "does not exist" if info is None else f"is not a bridge (link kind {info.kind or 'none'})"
-            raise PrivilegedError(f"network '{net.name}': host bridge {net.bridge} {what}")
+            raise PrivilegedError(f"host bridge {net.bridge} {what}")
         running = PrivilegedNetwork(self, net, ctx, _Undo(), None)
         self.networks[net.name] = running
         log.info("network %s: guests join the host's bridge %s", net.name, net.bridge)
@@ -275,20 +281,23 @@ class PrivilegedBackend:
         has_v6 = any(a.version == 6 for a in addresses)
         spec = BridgeSpec(net.bridge, stp=net.stp, delay=net.delay, mtu=net.mtu, mac=net.mac,
                           addresses=tuple(addresses), ipv6=has_v6 or net.ipv6)
+        found = note.get("sysctls", {}) if note is not None else {}
+        assert isinstance(found, dict)
         if note is None:
             index = await hostnet.in_thread(functools.partial(hostnet.create_bridge, spec))
+            undo.bridge = net.bridge
+            undo.note = _note_path(running.ctx, net.bridge)
         else:
-            index = await hostnet.in_thread(functools.partial(hostnet.adopt_bridge, spec))
+            # all of it is ours: should adopting fail, the teardown takes it away rather than leave it orphaned
+            undo.bridge, undo.note = net.bridge, _note_path(running.ctx, net.bridge)
+            undo.table = table_name(net.bridge)
+            undo.found = {str(k): str(v) for k, v in found.items()}
             ports = await hostnet.in_thread(functools.partial(hostnet.bridge_ports, net.bridge))
             running._orphans = {p.name: p for p in ports if p.kind == "tun"}
-        undo.bridge = net.bridge
-        undo.note = _note_path(running.ctx, net.bridge)
-        if note is not None:
             names = await hostnet.in_thread(hostnet.link_names)
             used = [int(m.group(1)) for m in map(_VNET.fullmatch, names) if m]
             self.next_tap = max([self.next_tap, *(n + 1 for n in used)])
-        found = note.get("sysctls", {}) if note is not None else {}
-        assert isinstance(found, dict)
+            index = await hostnet.in_thread(functools.partial(hostnet.adopt_bridge, spec))
         script = apply_script(net)
         if script is not None:
             undo.table = table_name(net.bridge)
@@ -300,8 +309,7 @@ class PrivilegedBackend:
                     if self._forwarding.acquire(key, found.get(key)):
                         log.info("network %s: enabled %s", net.name, key.replace("/", "."))
                 except OSError as exc:
-                    raise PrivilegedError(f"network '{net.name}': cannot enable IP forwarding "
-                                          f"({key}): {exc.strerror or exc}") from None
+                    raise PrivilegedError(f"cannot enable IP forwarding ({key}): {exc.strerror or exc}") from None
         running._write_note(index)
         server = None
         if dhcp is not None:
@@ -663,7 +671,12 @@ class PrivilegedNetwork:
         for key in reversed(undo.forwarding):
             with contextlib.suppress(OSError):
                 self.backend._forwarding.release(key)
+        for key, value in undo.found.items():
+            if key not in undo.forwarding:  # adopting failed before it took over: put it back all the same
+                with contextlib.suppress(OSError):
+                    self.backend._forwarding.restore_unused(key, value)
         undo.forwarding.clear()
+        undo.found.clear()
         if undo.bridge is not None:
             try:
                 await hostnet.in_thread(functools.partial(hostnet.delete_link, undo.bridge))

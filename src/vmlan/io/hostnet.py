@@ -274,6 +274,8 @@ def _configure_bridge(ipr: Any, index: int, spec: BridgeSpec, existing: bool = F
         try:
             ipr.link("set", index=index, **attrs)
         except Exception as exc:
+            if existing and "br_forward_delay" in attrs and int(getattr(exc, "code", 0) or 0) == errno.ERANGE:
+                continue  # STP already runs: the kernel keeps the delay at 2 s or more, as it did when we made it
             raise _fail(exc, what) from None
     _bridge_ipv6_sysctls(name, spec.ipv6)
     for addr in spec.addresses:
