@@ -89,7 +89,7 @@ async def exercise(c: httpx.AsyncClient, runtime_dir: Path) -> None:
     status = (await c.get("/networks/lab/status")).json()
     assert status["gateway"] == "192.168.60.1" and status["subnet"] == "192.168.60.0/24"
     assert status["dhcp"] == {"start": "192.168.60.100", "size": 21, "lease_time": 3600}
-    assert status["dns"] == "192.168.60.254"
+    assert status["dns"] == "192.168.60.1"  # the gateway, as libvirt's dnsmasq
     assert (await c.get("/networks/lab/mac-table")).json() == []
     usernet = (await c.get("/networks/lab/usernet")).json()
     assert usernet[0]["netdev"] == "lab" and usernet[0]["forwards"] == []
@@ -104,7 +104,7 @@ async def exercise(c: httpx.AsyncClient, runtime_dir: Path) -> None:
     udp_port = r.json()["bound_port"]
     r = await c.post("/networks/lab/forwards", json={"proto": "tcp", "host_addr": "127.0.0.1", "host_port": port,
                                                      "guest_addr": "192.168.60.100", "guest_port": 22})
-    assert r.status_code == 409 and "already exists" in r.json()["detail"]
+    assert r.status_code == 409 and "already forwarded" in r.json()["detail"]
     r = await c.post("/networks/lab/forwards", json={"proto": "tcp", "host_port": 1, "guest_addr": "10.0.0.1",
                                                      "guest_port": 22})
     assert r.status_code == 409 and "is not a guest address" in r.json()["detail"]

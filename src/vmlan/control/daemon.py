@@ -25,6 +25,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from vmlan.config.libvirt import (
     qemu_args,
 )
 from vmlan.config.netdev import parse_netdev
-from vmlan.config.usernet import parse_user_netdev
+from vmlan.config.usernet import UserNetdev, parse_hostfwd_rule
 from vmlan.control.backends import (
     AttachResult,
     BackendError,
@@ -693,18 +694,15 @@ class Daemon:
         if not isinstance(running, RootlessNetwork) or running.plan is None:
             raise DaemonError(409, f"unsupported configuration: network '{name}' has no user-mode stack")
         p = running.plan
-        pairs = [("id", "probe"), ("net", str(p.subnet)), ("host", str(p.gateway)), ("dns", str(p.dns)),
-                 ("dhcpstart", str(p.pool_start)), ("pool", "1"), ("hostfwd", rule_text)]
+        first = self.leases(name)
+        # An empty guest address means the first guest's: its lease, else the start of the pool.
+        start = IPv4Address(first[0].ip) if first else p.pool_start
+        user = UserNetdev(id="probe", net=p.subnet, host=p.gateway, dns=p.dns, dhcp_start=start)
         try:
-            user = parse_user_netdev(pairs)
+            fwd = parse_hostfwd_rule(rule_text, user)
         except ConfigError as exc:
             raise DaemonError(400, str(exc)) from None
-        fwd = user.hostfwd[0]
-        guest = fwd.guest_addr
-        if guest is None:
-            first = self.leases(name)
-            guest = first[0].ip if first else str(p.pool_start)
-        return ForwardRule(fwd.proto, fwd.host_addr, fwd.host_port, guest, fwd.guest_port)
+        return ForwardRule(fwd.proto, fwd.host_addr, fwd.host_port, socket.inet_ntoa(fwd.guest_addr), fwd.guest_port)
 
     def netdev_add(self, opts: str, network: str | None = None) -> str:
         """QEMU's netdev_add with QemuOpts text; ``network`` puts it on that network's hub."""

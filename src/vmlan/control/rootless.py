@@ -22,16 +22,14 @@ Forward modes:
   sockets, so the host's address is their source (a masquerade without nftables);
 - ``route`` and ``open``: rootless, they are the same as nat (nothing can route a guest subnet into the
   host's network without privilege); ``net-info``/``info()`` say so;
-- isolated (no ``<forward>``): ``restrict=on``: guests reach each other and the gateway's DHCP, nothing
-  outside. DHCP gives no router option, as libvirt's dnsmasq does on an isolated network. (The user
-  stack turns its resolver off under restrict: isolated networks have no DNS yet.)
+- isolated (no ``<forward>``): ``restrict=on``: guests reach each other and the gateway's DHCP and DNS
+  (its static names only: nothing is forwarded upstream), nothing outside. DHCP gives no router option,
+  as libvirt's dnsmasq does on an isolated network.
 - an isolated network without ``<ip>`` is a bare switch: no stack at all;
 - ``bridge`` (an existing host bridge) needs the privileged backend.
 
-Where the stack puts its resolver: the stack cannot serve DNS on the gateway address and still pass
-the gateway's other TCP ports to the host, so DNS lives on an address of its own: the highest address
-of the subnet outside every DHCP range and static host, else the last address of the first range
-(taken out of the pool). DHCP announces it (option 6).
+The resolver is the gateway address itself, as with libvirt's dnsmasq: port 53 there is the stack's DNS,
+every other port reaches the host's loopback. DHCP announces it (option 6).
 """
 
 from __future__ import annotations
@@ -154,20 +152,11 @@ def plan(net: Network) -> Plan | None:
     if ip.ranges and ip.ranges[0].lease is not None:
         lease = ip.ranges[0].lease
         lease_time = INFINITE_LEASE if lease.expiry == 0 else min(INFINITE_LEASE, lease.expiry * _UNIT[lease.unit])
-    first = int(subnet.network_address) + 1
-    last = int(subnet.broadcast_address) - 1
-    in_range = [n for n in range(last, first - 1, -1)
-                if not any(lo <= n <= hi for lo, hi in ranges) and IPv4Address(n) not in taken]
-    if in_range:
-        dns = IPv4Address(in_range[0])
-    elif ranges:
-        dns = IPv4Address(ranges[0][1])
-    else:
-        raise BackendError(f"network '{net.name}': no address left in {subnet} for the DNS service")
+    dns = gateway  # as libvirt's dnsmasq, the resolver is the gateway itself
     if ranges:
         pool_start, pool_size = IPv4Address(ranges[0][0]), ranges[0][1] - ranges[0][0] + 1
     else:  # static hosts only: a pool of one reserved address, never given
-        pool_start, pool_size = (min(taken - {gateway}) if taken - {gateway} else dns), 1
+        pool_start, pool_size = (min(taken - {gateway}) if taken - {gateway} else gateway), 1
     for h in net.dns.hosts:
         if isinstance(h.ip, IPv4Address):
             for name in h.hostnames:
@@ -197,7 +186,7 @@ def stack_config(p: Plan, forwards: list[HostForward], extra_names: dict[str, li
         server_ip=host,
         netmask=str(p.subnet.netmask),
         router=None if p.restrict else host,
-        dns=() if p.restrict else (str(p.dns),),
+        dns=(str(p.dns),),
         pool_start=str(p.pool_start),
         pool_size=p.pool_size,
         lease_time=p.lease_time,
@@ -221,6 +210,7 @@ def stack_config(p: Plan, forwards: list[HostForward], extra_names: dict[str, li
         host=p.gateway,
         dns=p.dns,
         restrict=p.restrict,
+        restrict_local_dns=True,
         mtu=p.mtu,
         dhcp=dhcp,
         dns_config=dns_cfg,

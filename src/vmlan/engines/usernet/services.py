@@ -42,11 +42,14 @@ class Services:
 class DhcpService:
     """DHCP (engines/dhcp.py) for the guests: leases bind addresses to the requesting port's MAC."""
 
-    __slots__ = ("core", "server")
+    __slots__ = ("core", "on_change", "server")
 
     def __init__(self, core: Core, server: DhcpServer) -> None:
         self.core = core
         self.server = server
+        #: Called whenever a message changed the lease table, before its answer leaves (a daemon commits
+        #: the lease first, so a crash never forgets an address a guest was given).
+        self.on_change: Callable[[], None] | None = None
         server.in_use = self._in_use
         core.dhcp_holder = lambda ip: server.holder(ip, core.now)
 
@@ -59,7 +62,10 @@ class DhcpService:
         if sport != 68:
             self.core.counters.no_route += 1
             return
+        before = self.server.changed
         reply = self.server.handle(data, mac, now)
+        if self.server.changed != before and self.on_change is not None:
+            self.on_change()
         if reply is None:
             return
         core = self.core

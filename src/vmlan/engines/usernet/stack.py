@@ -19,6 +19,7 @@ kind (``faults``).
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -77,8 +78,11 @@ class UserStack:
         self.neighbours = Neighbours(core)
         self.dhcp = DhcpService(core, DhcpServer(cfg.dhcp, leases)) if cfg.dhcp is not None else None
         self.dns = None
-        if cfg.dns_config is not None and not cfg.restrict:
-            self.dns = DnsService(core, DnsForwarder(cfg.dns_config))
+        if cfg.dns_config is not None and (not cfg.restrict or cfg.restrict_local_dns):
+            dns_cfg = cfg.dns_config
+            if cfg.restrict:  # the local names only: nothing leaves the stack
+                dns_cfg = dataclasses.replace(dns_cfg, upstreams=())
+            self.dns = DnsService(core, DnsForwarder(dns_cfg))
         self.tcp = TcpNat(core, self.icmp, self.dns)
         self.hostfwd: dict[int, HostForward] = dict(enumerate(cfg.hostfwd))
         self._next_rule = len(cfg.hostfwd)

@@ -219,7 +219,7 @@ class TcpNat:
                 core.counters.tcp_refused_cap += 1
                 self._reset_for(src, dst, seg)
                 return
-        elif dst == core.dns_ip and dport == 53 and self.dns is not None and not core.cfg.restrict:
+        elif dst == core.dns_ip and dport == 53 and self.dns is not None:
             kind, target = SERVICE, None
             service = True
         elif core.cfg.restrict:
@@ -228,7 +228,7 @@ class TcpNat:
             return
         else:
             host = core.host_target(dst)
-            if host is None or dst == core.dns_ip:
+            if host is None or (dst == core.dns_ip and dst != core.host_ip):
                 core.counters.no_route += 1
                 self._reset_for(src, dst, seg)
                 return
