@@ -302,6 +302,7 @@ def test_taps_are_vnetN_persistent_owned_and_monotonic(host: NetThread, backend:
     ns = host.netns
     assert ns is not None
     running, _ = start(host, backend, network("<forward/><mtu size='1450'/><ip address='10.40.0.1' prefix='24'/>"))
+    assert running.preview(guest_iface("52:54:00:12:34:01")) == "tap,ifname=vnet0,script=no,downscript=no"
     first = host.call(running.attach, guest_iface("52:54:00:12:34:01"), 1000)
     assert (first.netdev, first.target) == ("tap,ifname=vnet0,script=no,downscript=no", "vnet0")
     second = host.call(running.attach, guest_iface("52:54:00:12:34:02"), 1001)

@@ -408,6 +408,11 @@ class PrivilegedNetwork:
         raise PrivilegedError(f"network '{self.name}': no free {TAP_PREFIX}N name: "
                               f"{last.strerror if last else 'all in use'}")
 
+    def preview(self, iface: Interface) -> str:
+        """The ``-netdev`` value :meth:`attach` would return now (domxml-to-native); nothing is set up."""
+        chosen = iface.target if iface.target and not iface.target.startswith(AUTO_TARGET_PREFIXES) else None
+        return tap_netdev(chosen or f"{TAP_PREFIX}{self.backend.next_tap}")
+
     def restore(self, iface: Interface, owner_uid: int, result: AttachResult) -> None:
         """Take back a TAP an earlier daemon made for this guest (it is still on the adopted bridge)."""
         self._check_active()
