@@ -118,7 +118,8 @@ def test_a_non_owner_cannot_connect(tmp_path: Path) -> None:
             assert r.stdout.strip() == "refused 13", (r.stdout, r.stderr)  # EACCES
             sock.chmod(0o666)
             r = subprocess.run([*nobody, sys.executable, "-c", probe, str(sock)], capture_output=True, text=True)
-            assert r.stdout.strip() in ("answer b''", "refused 104"), (r.stdout, r.stderr)
+            # the daemon closes at once: the probe sees EOF, or EPIPE/ECONNRESET if its request was not sent yet
+            assert r.stdout.strip() in ("answer b''", "refused 104", "refused 32"), (r.stdout, r.stderr)
             deadline = time.monotonic() + 10  # the daemon logs the refusal after closing the connection
             while "API: refused a connection from uid 65534" not in d.log.read_text():
                 assert time.monotonic() < deadline, d.log.read_text()

@@ -243,11 +243,18 @@ class Daemon:
                 self.state.remove_attachment(row.target)
 
     async def close(self) -> None:
-        """Stop every network (the daemon is going away: their state stays for a restart)."""
+        """The daemon is going away; the networks' state stays for a restart. A network that can live
+        without the daemon (privileged: a kernel bridge, TAPs and rules) is released, as libvirt leaves its
+        networks up across a libvirtd restart, and the next start in this boot adopts it; an in-process one
+        (rootless) stops."""
         for name in list(self.running):
             running = self.running.pop(name)
             try:
-                await running.stop()
+                release = getattr(running, "release", None)
+                if release is not None:
+                    await release()
+                else:
+                    await running.stop()
             except Exception:
                 log.exception("network %s: stopping failed", name)
         self.runtime.close()
@@ -277,7 +284,16 @@ class Daemon:
         return d
 
     def _bridges_in_use(self, except_name: str) -> set[str]:
-        return {d.net.bridge for d in self.defined.values() if d.name != except_name and d.net.bridge}
+        """Bridge names a new definition must not take: other definitions' and the host's interfaces
+        (libvirt's virbr0 or docker0 may exist already)."""
+        names = {d.net.bridge for d in self.defined.values() if d.name != except_name and d.net.bridge}
+        try:
+            from vmlan.io import hostnet
+
+            names |= hostnet.off_loop(hostnet.link_names)
+        except Exception:  # no netlink here (a sandbox): the definitions' own names still count
+            log.debug("cannot list the host's interfaces", exc_info=True)
+        return names
 
     def _define(self, net: Network, mode: str, *, persistent: bool, autostart: bool | None = None) -> Defined:
         if mode not in MODES:
