@@ -37,6 +37,7 @@ log = logging.getLogger("vmlan")
 USAGE = """\
 usage: vmlan run [options]
        vmlan plug [-g GROUP] [-m MODE] [--port N] [-D DESCR] [SOCKDIR]   (vmlan plug --help)
+       vmlan ns [--mtu N] [-netdev user,...] [--] CMD ARGS... | --attach PID   (vmlan ns --help)
        vmlan --version
 
 vmlan run: QEMU's network backends as a standalone process.
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from vmlan.plug import main as plug_main
 
         return plug_main(args[1:])
+    if args[0] == "ns":
+        from vmlan.ns import main as ns_main
+
+        return ns_main(args[1:])
     if args[0] != "run":
         sys.stderr.write(f"vmlan: unknown command '{args[0]}' (try 'vmlan --help')\n")
         return 2
