@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -29,8 +30,10 @@ import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
-from vmlan.config.cmdline import HubConfig, RunConfig
+from vmlan.config.cmdline import RunConfig
+from vmlan.config.netdev import HubConfig
 from vmlan.config.tap import TapNetdev
 from vmlan.io.errors import LinkError
 from vmlan.io.loop import new_event_loop
@@ -108,7 +111,7 @@ def run_ns(cfg: NsConfig) -> int:
 
     for sig in SIGNALS:
         signal.signal(sig, remember)
-    import pyroute2  # noqa: F401  # type: ignore[import-untyped]  # loaded once here, not in every child
+    importlib.import_module("pyroute2")  # loaded once here, not in every child
 
     target_fd = -1
     if cfg.attach is not None:
@@ -234,7 +237,8 @@ class _Session:
         log.info("ns: attached to process %d: %s %s/%d mtu %d, gateway %s, DNS %s", cfg.attach, IFNAME, cfg.address,
                  cfg.prefixlen, cfg.mtu, cfg.gateway, cfg.dns)
         stopping = loop.create_task(stop.wait())
-        await asyncio.wait([target_gone, stopping], return_when=asyncio.FIRST_COMPLETED)
+        waits: list[asyncio.Future[Any]] = [target_gone, stopping]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if target_gone.done():
             log.info("ns: process %d exited", cfg.attach)
@@ -249,7 +253,8 @@ class _Session:
             while True:
                 message: asyncio.Future[None] = loop.create_future()
                 self._watch(self.ctrl.fileno(), message)
-                await asyncio.wait([message, child_gone, stopping], return_when=asyncio.FIRST_COMPLETED)
+                waits: list[asyncio.Future[Any]] = [message, child_gone, stopping]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if not message.done():
                     with contextlib.suppress(ValueError, OSError):
                         loop.remove_reader(self.ctrl.fileno())

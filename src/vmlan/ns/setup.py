@@ -30,16 +30,18 @@ is close-on-exec: vmlan reads EOF once CMD runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
+import importlib
 import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vmlan.io.tap import OFFLOADS, offload_names, open_tap, set_offloads
 from vmlan.ns.config import IFNAME, NsConfig, resolv_conf_text
@@ -206,10 +208,9 @@ def _netlink_reason(exc: Exception) -> str:
 
 def configure_interfaces(ifname: str, address: IPv4Address, prefixlen: int, gateway: IPv4Address, mtu: int) -> None:
     """lo up; ``ifname``: MTU, address, up; default route via ``gateway`` (rtnetlink of this namespace)."""
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]
-
-    with IPRoute() as ipr:
-        steps = [
+    iproute: Any = importlib.import_module("pyroute2").IPRoute  # untyped; loaded by vmlan before the fork
+    with iproute() as ipr:
+        steps: list[tuple[str, Callable[[], object]]] = [
             ("cannot bring up lo", lambda: ipr.link("set", index=_index(ipr, "lo"), state="up")),
             (f"cannot set the MTU of {ifname} to {mtu}", lambda: ipr.link("set", index=_index(ipr, ifname), mtu=mtu)),
             (f"cannot add {address}/{prefixlen} to {ifname}",
@@ -227,8 +228,8 @@ def configure_interfaces(ifname: str, address: IPv4Address, prefixlen: int, gate
                 raise SetupError(f"{message}: {_netlink_reason(exc)}") from None
 
 
-def _index(ipr: object, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)  # type: ignore[attr-defined]
+def _index(ipr: Any, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
     if not found:
         raise SetupError(f"interface {ifname} not found")
     return int(found[0])
@@ -330,10 +331,8 @@ def _setup_interface(sock: socket.socket, cfg: NsConfig) -> int:
 
 
 def _report(sock: socket.socket, text: str) -> NoReturn:
-    try:
+    with contextlib.suppress(OSError):
         send_message(sock, MSG_ERROR, text)
-    except OSError:
-        pass
     os._exit(1)
 
 
