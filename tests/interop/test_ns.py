@@ -547,3 +547,19 @@ def test_gso_64k_segments_and_1_gb_each_way_keep_their_checksums(vmlan_ns: Any, 
     print(f"rx_gso={rx_gso} gso_max={gso_max} gso_size={gso_size} tx_gso={tx_gso}")
     assert gso_max > 60000 and gso_size == 1460 and rx_gso > GB // 65536 // 4 and tx_gso > 0
     assert_clean(run, probe, before)
+
+
+@pytest.mark.parametrize("moment", [None, r"^vmlan: tap ns0: ", r"^vmlan: ns: process \d+: "],
+                         ids=["at-once", "tap-attached", "cmd-started"])
+def test_a_sigterm_at_any_moment_of_startup_leaves_nothing_behind(vmlan_ns: Any, tun_for_everyone: None,
+                                                                   moment: str | None) -> None:
+    """At once it may find vmlan before its handlers (killed, no child yet) or the child setting up
+    (passed on: the child dies of it); later, CMD dies of it. Always SIGTERM's status, nothing left."""
+    who = _who("nobody")
+    run = vmlan_ns(who, "-v", "--", "sleep", "infinity")
+    if moment is not None:
+        run.wait_line(moment, "err")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish() in (-signal.SIGTERM, 128 + signal.SIGTERM), run.stderr
+    assert "vmlan: ns:" not in run.stderr.replace("vmlan: ns: process", ""), run.stderr
+    assert_clean(run, None, vmlan_dir_exists(who))

@@ -60,6 +60,14 @@ class NsError(Exception):
     """vmlan ns cannot go on; the message is one line (exit status 1)."""
 
 
+class _EndedEarly(Exception):
+    """A signal ended the run before the namespace was ready: no message, this exit status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 def complete_syn_checksums(port: Port, frame: BytesLike, offload: Offload | None) -> None:
     """The TAP's rx filter: a TCP SYN whose checksum the kernel left partial (NEEDS_CSUM) gets it
     completed in software before the stack sees it; every other frame passes as it is.
@@ -163,6 +171,7 @@ class _Session:
         self.runtime = Runtime(RunConfig(netdevs=[cfg.user], hubs={cfg.user.hubid: HubConfig(cfg.user.hubid)},
                                          verbose=cfg.verbose, quiet=cfg.quiet), self.loop)
         self.ready = False
+        self.forwarded = False  # a signal was passed on to the child
 
     def run(self, early: list[int]) -> int:
         return self.loop.run_until_complete(self._serve(early))
@@ -180,6 +189,7 @@ class _Session:
         return self.child_status
 
     def _signal_child(self, sig: int) -> None:
+        self.forwarded = True
         if self.child_status is None:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self.child_fd, sig)
@@ -220,6 +230,8 @@ class _Session:
         try:
             self.runtime.add(cfg.user)
             await self._attach_tap(child_gone, stop)
+        except _EndedEarly as ended:
+            return ended.status
         except NsError as exc:
             sys.stderr.write(f"vmlan: ns: {exc}\n")
             return 1
@@ -259,7 +271,7 @@ class _Session:
                     with contextlib.suppress(ValueError, OSError):
                         loop.remove_reader(self.ctrl.fileno())
                     if stopping.done():
-                        raise NsError("stopped before the namespace was ready")
+                        raise _EndedEarly(0)  # --attach: SIGINT/SIGTERM/SIGHUP while setting up
                     # the child is gone; a message it sent just before may still be queued
                 try:
                     kind, text, fd = setup.recv_message(self.ctrl)
@@ -271,7 +283,10 @@ class _Session:
                 if kind == setup.MSG_ERROR:
                     raise NsError(text)
                 if kind != setup.MSG_TAP or fd is None:
-                    status = self._reap() if child_gone.done() else None
+                    await child_gone  # it closed its end: it is exiting
+                    status = self._reap()
+                    if status is not None and status > 128 and self.forwarded:
+                        raise _EndedEarly(status)  # our signal, passed on before CMD ran: as if CMD got it
                     how = f" (status {status})" if status is not None else ""
                     raise NsError(f"the namespace setup process ended before {IFNAME} was ready{how}")
                 break
