@@ -75,6 +75,14 @@ def test_hostfwd_without_a_guest_address_targets_the_namespace() -> None:
     assert cfg.user.hostfwd_guest(cfg.user.hostfwd[0]) == IPv4Address("10.0.2.100")
 
 
+def test_the_only_guest_gets_the_stack_wide_caps_unless_told_otherwise() -> None:
+    limits = parse_ns_args(["true"]).user.limits
+    assert (limits.tcp_per_guest, limits.udp_per_guest, limits.tcp_connecting_per_guest) == (
+        limits.max_flows, limits.max_flows, limits.max_connecting) == (8192, 8192, 512)
+    told = parse_ns_args(["-netdev", "user,guest-tcp=10,max-flows=100", "true"]).user.limits
+    assert (told.tcp_per_guest, told.udp_per_guest, told.tcp_connecting_per_guest, told.max_flows) == (10, 100, 64, 100)
+
+
 def test_a_user_netdev_named_like_the_tap_leaves_the_tap_another_id() -> None:
     assert parse_ns_args(["-netdev", "user,id=ns0", "true"]).tap_id == "ns0a"
 

@@ -11,6 +11,9 @@ pool, so it never collides with a lease. A network too small to hold .100 falls 
 A hostfwd rule without a guest address targets the namespace's address (QEMU's default, the first
 DHCP address, would name nobody here).
 
+The namespace is the stack's only guest, so per-guest caps (``guest-tcp=``, ``guest-udp=``) not
+given default to the stack-wide ones (``max-flows=``; SYNs waiting for a host connect: the stack's 512).
+
 ``--mtu`` sets the interface's MTU and the stack's (its MSS is MTU - 40); default 1500 as slirp4netns,
 or the ``mtu=`` of ``-netdev user``. Giving both with different values is an error.
 """
@@ -33,6 +36,9 @@ NS_ADDRESS_OFFSET = 100  # slirp4netns: the interface gets the network's address
 DEFAULT_USER_ID = "user0"
 TAP_ID = "ns0"
 PID_MAX = 4194304  # PID_MAX_LIMIT on 64-bit Linux
+# -netdev user option, its per-guest Limits field, the stack-wide field it defaults to under vmlan ns
+_ONE_GUEST = (("guest-tcp", "tcp_per_guest", "max_flows"), ("guest-udp", "udp_per_guest", "max_flows"),
+              ("guest-tcp", "tcp_connecting_per_guest", "max_connecting"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +85,8 @@ def namespace_address(user: UserNetdev) -> IPv4Address:
     return user.dhcp_start
 
 
-def _parse_user(text: str) -> UserNetdev:
+def _parse_user(text: str) -> tuple[UserNetdev, set[str]]:
+    """The netdev and the option names it was given."""
     try:
         pairs = parse_qemuopts(text)
     except ConfigError as exc:
@@ -90,9 +97,18 @@ def _parse_user(text: str) -> UserNetdev:
     if not any(k == "id" for k, _ in pairs):
         pairs.append(("id", DEFAULT_USER_ID))
     try:
-        return parse_user_netdev(pairs)
+        return parse_user_netdev(pairs), {k for k, _ in pairs}
     except ConfigError as exc:
         raise ConfigError(f"-netdev {text}: {exc}") from None
+
+
+def _one_guest_limits(user: UserNetdev, given: set[str]) -> UserNetdev:
+    """The namespace is the stack's only guest: per-guest caps not given default to the stack-wide ones
+    (a guest's share exists to be fair to other guests; a namespace of many programs, or one opening
+    hundreds of connections a second, would otherwise meet caps meant for a VM among several)."""
+    limits = user.limits
+    raised = {field: getattr(limits, whole) for option, field, whole in _ONE_GUEST if option not in given}
+    return dataclasses.replace(user, limits=dataclasses.replace(limits, **raised))
 
 
 def _value(argv: list[str], i: int, name: str) -> tuple[str, int]:
@@ -150,7 +166,8 @@ def parse_ns_args(argv: list[str]) -> NsConfig:
         raise ConfigError("ns: --attach PID and a command exclude each other")
     if attach is None and not command:
         raise ConfigError("ns: a command (after --) or --attach PID is required")
-    user = _parse_user(netdev_text if netdev_text is not None else "user")
+    user, given = _parse_user(netdev_text if netdev_text is not None else "user")
+    user = _one_guest_limits(user, given)
     if mtu_text is not None:
         try:
             mtu = parse_uint("mtu", mtu_text, MTU_MIN, MTU_MAX)
