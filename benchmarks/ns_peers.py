@@ -440,19 +440,24 @@ def profile(run: Run, args: argparse.Namespace, tmp: Path) -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not os.path.exists(spy):
         raise BenchError("py-spy not found (pip install py-spy)")
-    for reverse in (False, True):
+    for work in ("ns->host", "host->ns", "rr-tcp", "crr"):
         with serving("vmlan", run, args.mtu[0], tmp) as (ns, stack):
-            raw = tmp / f"spy-{int(reverse)}.txt"
+            raw = tmp / f"spy-{work.replace('>', '')}.txt"
             sampler = run.spawn([spy, "record", "--format", "raw", "-o", str(raw), "-r", "500", "-d",
                                  str(args.profile), "-p", str(stack.pid)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            r = iperf(run, ns, stack, reverse, args.profile + 1)
+            if work in ("rr-tcp", "crr"):
+                stack.pin(0)
+                value = pinned(run, ns, stack, work, args.profile + 1)
+                figure = f"{value:.1f} us per round trip" if work == "rr-tcp" else f"{value:,.0f} connections/s"
+            else:
+                r = iperf(run, ns, stack, work == "host->ns", args.profile + 1)
+                figure = f"{r['gbps']:.2f} Gb/s, {r['cpu_per_gb']:.2f} CPU s/Gb"
             sampler.wait(args.profile + 30)
             run.procs.remove(sampler)
-        direction = "host->ns" if reverse else "ns->host"
-        print(f"\n== vmlan, iperf3 {direction}, MTU {args.mtu[0]}: {r['gbps']:.2f} Gb/s "
-              f"(under py-spy), {r['cpu_per_gb']:.2f} CPU s/Gb; self samples by function:")
+        print(f"\n== vmlan, {work}, MTU {args.mtu[0]}: {figure} (under py-spy); self samples by function:")
         own: dict[str, int] = {}
+        inclusive: dict[str, int] = {}
         total = 0
         for line in raw.read_text().splitlines():
             stack_text, _, count_text = line.rpartition(" ")
@@ -460,11 +465,15 @@ def profile(run: Run, args: argparse.Namespace, tmp: Path) -> None:
                 continue
             count = int(count_text)
             total += count
-            leaf = stack_text.split(";")[-1]
-            leaf = re.sub(r" \((?:/[^)]*/)?(?:src/)?([^)]*)\)", r" (\1)", leaf)
-            own[leaf] = own.get(leaf, 0) + count
-        for leaf, count in sorted(own.items(), key=lambda kv: -kv[1])[:25]:
+            frames = [re.sub(r" \((?:/[^)]*/)?(?:src/)?([^)]*)\)", r" (\1)", f) for f in stack_text.split(";")]
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+            for name in {re.sub(r":\d+\)$", ")", f) for f in frames}:
+                inclusive[name] = inclusive.get(name, 0) + count
+        for leaf, count in sorted(own.items(), key=lambda kv: -kv[1])[:20]:
             print(f"  {100 * count / max(total, 1):5.1f}%  {leaf}")
+        print("  inclusive (the function and what it calls):")
+        for name, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:20]:
+            print(f"  {100 * count / max(total, 1):5.1f}%  {name}")
 
 
 # -- main ------------------------------------------------------------------------------------------------
