@@ -563,3 +563,16 @@ def test_a_sigterm_at_any_moment_of_startup_leaves_nothing_behind(vmlan_ns: Any,
     assert run.finish() in (-signal.SIGTERM, 128 + signal.SIGTERM), run.stderr
     assert "vmlan: ns:" not in run.stderr.replace("vmlan: ns: process", ""), run.stderr
     assert_clean(run, None, vmlan_dir_exists(who))
+
+
+def test_a_tun_device_nobody_may_open_is_one_line_and_status_1(vmlan_ns: Any, tun_for_everyone: None) -> None:
+    who = _who("nobody")
+    os.chmod(TUN, 0o600)
+    try:
+        run = vmlan_ns(who, "--", "true")
+        assert run.finish() == 1
+    finally:
+        os.chmod(TUN, 0o666)
+    assert run.stderr == ("vmlan: ns: could not open /dev/net/tun: Permission denied (an unprivileged user needs it "
+                          "mode 0666, as Debian's udev rules make it)")
+    assert_clean(run, None, vmlan_dir_exists(who))

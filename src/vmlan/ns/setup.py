@@ -192,12 +192,16 @@ def join_namespaces_of(pid: int, pidfd: int) -> None:
 
 
 # -- the interface ---------------------------------------------------------------------------------------
-def open_ns_tap(ifname: str = IFNAME) -> tuple[int, int]:
-    """Create ``ifname`` in this namespace with virtio-net headers and TSO: (fd, offloads in force)."""
+def open_ns_tap(ifname: str = IFNAME, unprivileged: bool = False) -> tuple[int, int]:
+    """Create ``ifname`` in this namespace with virtio-net headers and TSO: (fd, offloads in force).
+    ``unprivileged``: vmlan is not root (in here it may look like root: its own user namespace's)."""
     try:
         dev = open_tap(ifname, vnet_hdr=True)
     except OSError as exc:
-        raise SetupError(exc.strerror or str(exc)) from None
+        hint = ""
+        if exc.errno == errno.EACCES and unprivileged:
+            hint = " (an unprivileged user needs it mode 0666, as Debian's udev rules make it)"
+        raise SetupError((exc.strerror or str(exc)) + hint) from None
     return dev.fd, set_offloads(dev.fd, OFFLOADS)
 
 
@@ -321,8 +325,8 @@ def exec_command(command: Sequence[str]) -> NoReturn:
         os._exit(127 if exc.errno == errno.ENOENT else 126)
 
 
-def _setup_interface(sock: socket.socket, cfg: NsConfig) -> int:
-    fd, offloads = open_ns_tap(IFNAME)
+def _setup_interface(sock: socket.socket, cfg: NsConfig, unprivileged: bool) -> int:
+    fd, offloads = open_ns_tap(IFNAME, unprivileged)
     if offloads != OFFLOADS:
         send_message(sock, MSG_WARNING, f"{IFNAME}: the kernel accepts only offloads {offload_names(offloads)}: "
                                         "TCP comes in MTU-sized frames")
@@ -349,7 +353,7 @@ def child_main(sock: socket.socket, cfg: NsConfig, parent: int, uid: int, gid: i
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(1)  # vmlan died before the death signal was armed
-        fd = _setup_interface(sock, cfg)
+        fd = _setup_interface(sock, cfg, uid != 0)
         try:
             bind_resolv_conf(resolv_conf_text(cfg, host_resolv))
         except SetupError as exc:
@@ -370,8 +374,9 @@ def helper_main(sock: socket.socket, cfg: NsConfig, pidfd: int) -> NoReturn:
     try:
         _default_signals()
         assert cfg.attach is not None
+        unprivileged = os.geteuid() != 0
         join_namespaces_of(cfg.attach, pidfd)
-        fd = _setup_interface(sock, cfg)
+        fd = _setup_interface(sock, cfg, unprivileged)
         send_message(sock, MSG_TAP, IFNAME, fd)
         os._exit(0)
     except SetupError as exc:
