@@ -576,3 +576,11 @@ def test_a_tun_device_nobody_may_open_is_one_line_and_status_1(vmlan_ns: Any, tu
     assert run.stderr == ("vmlan: ns: could not open /dev/net/tun: Permission denied (an unprivileged user needs it "
                           "mode 0666, as Debian's udev rules make it)")
     assert_clean(run, None, vmlan_dir_exists(who))
+
+
+def test_attach_refuses_a_process_on_vmlans_own_network(vmlan_ns: Any, tun_for_everyone: None) -> None:
+    """As root, tap0 and a default route would land on the host's own network: refused."""
+    run = vmlan_ns(_who("root"), "--attach", str(os.getpid()))
+    assert run.finish() == 1
+    assert run.stderr == f"vmlan: ns: --attach {os.getpid()}: the process is in vmlan's own network namespace"
+    assert "tap0" not in sh("ip -o link")

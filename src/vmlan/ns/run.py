@@ -125,8 +125,13 @@ def run_ns(cfg: NsConfig) -> int:
     if cfg.attach is not None:
         try:
             target_fd = os.pidfd_open(cfg.attach)
+            shared = os.stat(f"/proc/{cfg.attach}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
         except OSError as exc:
             sys.stderr.write(f"vmlan: ns: --attach {cfg.attach}: {exc.strerror}\n")
+            return 1
+        if shared:  # tap0, an address and a default route on vmlan's own network: never
+            os.close(target_fd)
+            sys.stderr.write(f"vmlan: ns: --attach {cfg.attach}: the process is in vmlan's own network namespace\n")
             return 1
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     parent = os.getpid()
@@ -134,7 +139,12 @@ def run_ns(cfg: NsConfig) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+        sys.stderr.write(f"vmlan: ns: fork: {exc.strerror}\n")
+        return 1
     if pid == 0:  # pragma: no cover - the child's life ends in setup's execvp or _exit
         try:
             ours.close()
@@ -248,6 +258,8 @@ class _Session:
             return status if status is not None else 1
         log.info("ns: attached to process %d: %s %s/%d mtu %d, gateway %s, DNS %s", cfg.attach, IFNAME, cfg.address,
                  cfg.prefixlen, cfg.mtu, cfg.gateway, cfg.dns)
+        await child_gone  # the helper exits once the TAP is passed: reap it now, not at the end
+        self._reap()
         stopping = loop.create_task(stop.wait())
         waits: list[asyncio.Future[Any]] = [target_gone, stopping]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
