@@ -37,6 +37,7 @@ log = logging.getLogger("vmlan")
 USAGE = """\
 usage: vmlan run [options]
        vmlan plug [-g GROUP] [-m MODE] [--port N] [-D DESCR] [SOCKDIR]   (vmlan plug --help)
+       vmlan ns [--mtu N] [-netdev user,...] [--] CMD ARGS... | --attach PID   (vmlan ns --help)
        vmlan daemon [options]          libvirt-style networks behind an HTTP+JSON API (see below)
        vmlan [--socket PATH] COMMAND ARGS...   virsh-like commands, a client of the daemon
        vmlan --version
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from vmlan.plug import main as plug_main
 
         return plug_main(args[1:])
+    if args[0] == "ns":
+        from vmlan.ns import main as ns_main
+
+        return ns_main(args[1:])
     if args[0] == "daemon":
         from vmlan.control.server import main as daemon_main
 
