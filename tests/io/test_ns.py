@@ -19,17 +19,12 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
 
-from netns import Recorder, wait_for
+from netns import wait_for
 from vmlan.cli import main as cli_main
 from vmlan.config.errors import ConfigError
-from vmlan.lan import Hub
 from vmlan.ns import setup
 from vmlan.ns.config import host_search_list, parse_ns_args, resolv_conf_text
-from vmlan.ns.run import complete_syn_checksums
-from vmlan.wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, Offload
 
 SRC = str(Path(setup.__file__).resolve().parents[2])
 
@@ -195,64 +190,6 @@ def test_recv_message_raises_blocking_io_when_nothing_is_there(pair: tuple[socke
     pair[1].setblocking(False)
     with pytest.raises(BlockingIOError):
         setup.recv_message(pair[1])
-
-
-# -- the SYN filter --------------------------------------------------------------------------------------
-def _partial(pkt: Ether, proto_layer: type) -> tuple[bytes, Offload]:
-    """``pkt`` as Linux hands it over with NEEDS_CSUM: the L4 checksum field holds the pseudo-header sum."""
-    ip = pkt[IP]
-    l4_len = len(bytes(ip.payload))
-    pseudo = (int.from_bytes(socket.inet_aton(ip.src), "big") >> 16) + (int.from_bytes(socket.inet_aton(ip.src),
-              "big") & 0xFFFF) + (int.from_bytes(socket.inet_aton(ip.dst), "big") >> 16) + (
-              int.from_bytes(socket.inet_aton(ip.dst), "big") & 0xFFFF) + ip.proto + l4_len
-    while pseudo >> 16:
-        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
-    layer = pkt[proto_layer]
-    layer.chksum = pseudo
-    frame = bytes(pkt)
-    offset = 16 if proto_layer is TCP else 6
-    return frame, Offload(FLAG_NEEDS_CSUM, 0, 0, 0, 34, offset)
-
-
-def _hub_with_filter() -> tuple[Hub, Recorder, Recorder]:
-    hub = Hub(0)
-    tap, stack = Recorder("tap"), Recorder("stack", offload_ok=True, keep=True)
-    hub.attach(tap)
-    hub.attach(stack)
-    tap.rx_filter = complete_syn_checksums
-    return hub, tap, stack
-
-
-def test_a_syn_with_a_partial_checksum_reaches_the_stack_complete() -> None:
-    hub, tap, stack = _hub_with_filter()
-    syn = Ether(src="02:00:00:00:00:01", dst="52:55:0a:00:02:02") / IP(src="10.0.2.100", dst="10.0.2.2") / TCP(
-        sport=40000, dport=80, flags="S", seq=1, options=[("MSS", 1460)])
-    frame, offload = _partial(syn.copy(), TCP)
-    hub.input(tap, frame, offload)
-    assert stack.sizes == [(len(frame), None)]
-    oracle = Ether(bytes(syn))  # scapy computes the checksum itself
-    assert Ether(stack.frames[0])[TCP].chksum == oracle[TCP].chksum
-    assert stack.frames[0] == bytes(oracle)
-
-
-def test_other_frames_pass_with_their_offload_untouched() -> None:
-    hub, tap, stack = _hub_with_filter()
-    base = Ether(src="02:00:00:00:00:01", dst="52:55:0a:00:02:02") / IP(src="10.0.2.100", dst="10.0.2.2")
-    ack, ack_off = _partial((base / TCP(sport=40000, dport=80, flags="A", seq=2) / (b"x" * 100)).copy(), TCP)
-    dgram, udp_off = _partial((base / UDP(sport=5000, dport=53) / b"q").copy(), UDP)
-    gso = Offload(FLAG_NEEDS_CSUM, GSO_TCPV4, 54, 1448, 34, 16)
-    plain = bytes(base / TCP(sport=40000, dport=80, flags="S"))
-    for frame, offload in ((ack, ack_off), (dgram, udp_off), (ack, gso), (plain, None)):
-        hub.input(tap, frame, offload)
-    assert stack.sizes == [(len(ack), ack_off), (len(dgram), udp_off), (len(ack), gso), (len(plain), None)]
-    assert stack.frames == [ack, dgram, ack, plain]
-
-
-def test_a_runt_claiming_a_partial_checksum_is_passed_on_not_read_past() -> None:
-    hub, tap, stack = _hub_with_filter()
-    hub.input(tap, b"\x52\x55\x0a\x00\x02\x02" + b"\x02" * 6 + b"\x08\x00" + b"\x45" + b"\x00" * 9 + b"\x06",
-              Offload(FLAG_NEEDS_CSUM, 0, 0, 0, 34, 16))
-    assert len(stack.frames) == 1
 
 
 # -- the namespace side, for real (root: each script runs in namespaces it creates) ----------------------

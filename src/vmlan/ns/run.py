@@ -41,14 +41,10 @@ from vmlan.io.runtime import Runtime
 from vmlan.io.sockopt import raise_fd_limit
 from vmlan.io.tap import TapLink
 from vmlan.io.usernet import UserNetPort
-from vmlan.lan import Port
 from vmlan.ns import setup
 from vmlan.ns.config import IFNAME, NsConfig
-from vmlan.wire import BytesLike, WireError
-from vmlan.wire.gso import software_offload
-from vmlan.wire.vnet import FLAG_NEEDS_CSUM, GSO_NONE, Offload
 
-__all__ = ["SIGNALS", "complete_syn_checksums", "monitor_text", "run_ns"]
+__all__ = ["SIGNALS", "monitor_text", "run_ns"]
 
 log = logging.getLogger("vmlan")
 
@@ -66,32 +62,6 @@ class _EndedEarly(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
-
-
-def complete_syn_checksums(port: Port, frame: BytesLike, offload: Offload | None) -> None:
-    """The TAP's rx filter: a TCP SYN whose checksum the kernel left partial (NEEDS_CSUM) gets it
-    completed in software before the stack sees it; every other frame passes as it is.
-
-    A stopgap: the stack takes partial checksums on established connections and on UDP/ICMP, but its
-    passive open (engines/usernet/tcpnat.py, ``TcpConnection.from_syn``) does not get the ``verified``
-    flag and drops every such SYN as a bad checksum. One copy per new connection; remove this filter
-    when ``from_syn(..., verified=verified)`` is in.
-    """
-    lan = port.lan
-    if lan is None:
-        return
-    if offload is not None and offload.gso_type == GSO_NONE and offload.flags & FLAG_NEEDS_CSUM:
-        start = offload.csum_start
-        if len(frame) > start + 13 and frame[12:14] == b"\x08\x00" and frame[23] == 6 and frame[start + 13] & 0x02:
-            try:
-                pieces = software_offload(frame, offload)
-            except WireError:
-                port.counters.rx_dropped += 1
-                return
-            for piece in pieces:
-                lan.forward(port, piece, None)
-            return
-    lan.forward(port, frame, offload)
 
 
 def monitor_text(runtime: Runtime) -> str:
@@ -312,7 +282,6 @@ class _Session:
                 os.close(fd)
             raise
         assert isinstance(link, TapLink) and link.port is not None
-        link.port.rx_filter = complete_syn_checksums
 
     # -- teardown --------------------------------------------------------------------------------------
     def close(self) -> None:

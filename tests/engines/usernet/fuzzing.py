@@ -382,7 +382,7 @@ def check_invariants(net: StackNet) -> None:
     live = list(flows)
     for guest in stack.guests.by_port.values():
         mine = [f for f in live if f.guest is guest]
-        tcp = [f for f in mine if isinstance(f, TcpFlow)]
+        tcp = [f for f in mine if isinstance(f, TcpFlow) and not f.released]  # TIME_WAIT: given back
         assert guest.tcp == len(tcp), (guest, guest.tcp, len(tcp))
         assert guest.connecting == sum(f.connecting for f in tcp)
         assert guest.cmd == sum(1 for f in tcp if f.kind == 1 and isinstance(f.target, str))
@@ -391,7 +391,8 @@ def check_invariants(net: StackNet) -> None:
         assert guest.flows == {f.fid for f in mine}
     assert set(stack.tcp.by_key.values()) == {f for f in live if isinstance(f, TcpFlow)}
     for index, count in stack.tcp.fwd_count.items():
-        assert count == sum(1 for f in live if isinstance(f, TcpFlow) and f.kind == 2 and f.rule == index)
+        assert count == sum(1 for f in live if isinstance(f, TcpFlow) and f.kind == 2 and f.rule == index
+                            and not f.released)
     for index, count in stack.udp.fwd_count.items():
         assert count == sum(1 for f in live if isinstance(f, UdpFwdSession) and f.rule == index)
     assert set(stack.udp.flows_by_src.values()) == {f for f in live if isinstance(f, UdpFlow)}
