@@ -55,7 +55,7 @@ import logging
 import re
 import socket
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from vmlan.config.errors import ConfigError
 from vmlan.config.qemuopts import check_id, parse_bool, parse_uint
@@ -81,6 +81,8 @@ log = logging.getLogger("vmlan")
 NB_BOOTP_CLIENTS = 16  # libslirp's DHCP pool size
 MTU_MIN, MTU_MAX, MTU_DEFAULT = 576, 65520, 1500
 DEFAULT_NET = IPv4Network("10.0.2.0/24")
+DEFAULT_NET6 = IPv6Network("fec0::/64")
+_DEFAULT_HOST6, _DEFAULT_DNS6 = IPv6Address("fec0::2"), IPv6Address("fec0::3")
 _DEFAULT_HOST, _DEFAULT_DNS, _DEFAULT_DHCP = IPv4Address("10.0.2.2"), IPv4Address("10.0.2.3"), IPv4Address("10.0.2.15")
 
 
@@ -123,6 +125,11 @@ class UserNetdev:
     dns: IPv4Address = _DEFAULT_DNS
     dhcp_start: IPv4Address = _DEFAULT_DHCP
     pool: int = NB_BOOTP_CLIENTS
+    ipv4: bool = True
+    ipv6: bool = True
+    net6: IPv6Network = DEFAULT_NET6
+    host6: IPv6Address = _DEFAULT_HOST6
+    dns6: IPv6Address = _DEFAULT_DNS6
     restrict: bool = False
     hostname: str | None = None  # DHCP option 12
     domainname: str | None = None  # DHCP option 15
@@ -174,8 +181,8 @@ _LIMIT_KEYS = {
 }
 _SINGLE_KEYS |= set(_LIMIT_KEYS)
 _LIST_KEYS = frozenset({"dnssearch", "hostfwd", "guestfwd", "dns-server", "dns-static", "lease-static"})
-_PLANNED_KEYS = frozenset({"ipv6-net", "ipv6-prefix", "ipv6-prefixlen", "ipv6-host", "ipv6-dns", "tftp"})
-_PLANNED_KEYS |= {"tftp-server-name", "bootfile", "smb", "smbserver"}
+_SINGLE_KEYS |= {"ipv6-net", "ipv6-prefix", "ipv6-prefixlen", "ipv6-host", "ipv6-dns"}
+_PLANNED_KEYS = frozenset({"tftp", "tftp-server-name", "bootfile", "smb", "smbserver"})
 
 _INET_PART = re.compile(r"0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
@@ -426,20 +433,58 @@ def _collect(pairs: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, li
     return single, lists
 
 
-def _check_ip_versions(opts: dict[str, str]) -> None:
-    ipv4 = parse_bool("ipv4", opts["ipv4"]) if "ipv4" in opts else None
-    ipv6 = parse_bool("ipv6", opts["ipv6"]) if "ipv6" in opts else None
-    if ipv6:
-        raise ConfigError(
-            f"Parameter 'ipv6' value '{opts['ipv6']}' is not supported yet by vmlan: "
-            "it has no IPv6 (use ipv6=off or leave it out)"
-        )
-    if ipv4 is False:
-        if any(k in opts for k in ("net", "ip", "host", "dns")):
-            raise ConfigError("IPv4 disabled but netmask/host/dns provided (ipv4=off)")
-        if ipv6 is False:
-            raise ConfigError("IPv4 and IPv6 disabled (ipv4=off, ipv6=off)")
-        raise ConfigError("ipv4=off is not supported by vmlan: it has no IPv6 yet, so nothing would remain")
+def _ip_versions(opts: dict[str, str]) -> tuple[bool, bool]:
+    """QEMU's net_init_slirp(): both on by default; ``ipv6=on`` alone turns IPv4 off and ``ipv4=on``
+    alone turns IPv6 off; then net_slirp_init()'s checks, in its order and wording."""
+    v4_given = parse_bool("ipv4", opts["ipv4"]) if "ipv4" in opts else None
+    v6_given = parse_bool("ipv6", opts["ipv6"]) if "ipv6" in opts else None
+    ipv4 = not ((v6_given and v4_given is None) or v4_given is False)
+    ipv6 = not ((v4_given and v6_given is None) or v6_given is False)
+    if not ipv4 and any(k in opts for k in ("net", "ip", "host", "dns")):
+        raise ConfigError("IPv4 disabled but netmask/host/dns provided")
+    if not ipv6 and any(k in opts for k in ("ipv6-net", "ipv6-prefix", "ipv6-prefixlen", "ipv6-host", "ipv6-dns")):
+        raise ConfigError("IPv6 disabled but prefix/host6/dns6 provided")
+    if not ipv4 and not ipv6:
+        raise ConfigError("IPv4 and IPv6 disabled")
+    return ipv4, ipv6
+
+
+def _parse_ipv6(opts: dict[str, str]) -> tuple[IPv6Network, IPv6Address, IPv6Address]:
+    """ipv6-net=ADDR/LEN (QEMU's legacy spelling) or ipv6-prefix= and ipv6-prefixlen= (QAPI's),
+    ipv6-host= (prefix|2) and ipv6-dns= (prefix|3), with net_slirp_init()'s messages."""
+    if "ipv6-net" in opts and ("ipv6-prefix" in opts or "ipv6-prefixlen" in opts):
+        raise ConfigError("Parameters 'ipv6-net' and 'ipv6-prefix'/'ipv6-prefixlen' cannot both be given")
+    prefix_text, length_text = opts.get("ipv6-prefix", "fec0::"), opts.get("ipv6-prefixlen", "64")
+    if "ipv6-net" in opts:
+        prefix_text, slash, length_text = opts["ipv6-net"].partition("/")
+        if not slash:
+            length_text = "64"
+    try:
+        prefix = IPv6Address(prefix_text)
+    except ValueError:
+        raise ConfigError(f"Failed to parse IPv6 prefix (got '{prefix_text}')") from None
+    if not length_text.isdigit() or not 0 <= int(length_text) <= 126:
+        raise ConfigError(f"Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126; "
+                          f"got '{length_text}')")
+    net6 = IPv6Network(f"{prefix}/{length_text}", strict=False)
+    base = int(net6.network_address)
+
+    def address(key: str, what: str, default: int) -> IPv6Address:
+        if key not in opts:
+            return IPv6Address(base | default)
+        try:
+            addr = IPv6Address(opts[key])
+        except ValueError:
+            raise ConfigError(f"Failed to parse IPv6 {what} ({key}={opts[key]})") from None
+        if addr not in net6:
+            raise ConfigError(f"IPv6 {what.capitalize()} doesn't belong to network ({key}={addr}, ipv6-net={net6})")
+        return addr
+
+    host6 = address("ipv6-host", "host", 2)
+    dns6 = address("ipv6-dns", "DNS", 3)
+    if dns6 == host6:
+        raise ConfigError(f"IPv6 DNS must be different from IPv6 host (ipv6-dns={dns6}, ipv6-host={host6})")
+    return net6, host6, dns6
 
 
 def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
@@ -451,7 +496,8 @@ def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
         raise ConfigError("Parameter 'id' is missing")
     ident = check_id(opts["id"], "netdev")
     hubid = parse_uint("hubid", opts.get("hubid", "0"), 0, 2**31 - 1)
-    _check_ip_versions(opts)
+    ipv4, ipv6 = _ip_versions(opts)
+    net6, host6, dns6 = _parse_ipv6(opts)
 
     # net= / ip=, then host, dns and dhcpstart in net_slirp_init()'s order and wording
     if "net" in opts and "ip" in opts:
@@ -644,6 +690,11 @@ def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
         leases_file=leases_file,
         host_loopback=host_loopback,
         limits=Limits(**limit_values),
+        ipv4=ipv4,
+        ipv6=ipv6,
+        net6=net6,
+        host6=host6,
+        dns6=dns6,
     )
 
 
@@ -688,6 +739,11 @@ def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfi
         net=user.net,
         host=user.host,
         dns=user.dns,
+        ipv4=user.ipv4,
+        ipv6=user.ipv6,
+        net6=user.net6,
+        host6=user.host6,
+        dns6=user.dns6,
         restrict=user.restrict,
         host_loopback=user.host_loopback,
         mtu=user.mtu,

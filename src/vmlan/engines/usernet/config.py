@@ -7,7 +7,7 @@ nothing here reads a file or a socket.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from vmlan.engines.dhcp import DhcpConfig
 from vmlan.engines.dns import DnsConfig
@@ -58,11 +58,15 @@ class Limits:
     mem_budget: int = 256 << 20  # bytes buffered by TCP connections of all guests (tcp_mem-like)
     frag_datagrams_per_guest: int = 16
     frag_bytes_per_guest: int = 256 << 10
+    addrs6_per_mac: int = 8  # IPv6 addresses one MAC may use (link-local, SLAAC, temporary ones)
 
 
 _DEFAULT_NET = IPv4Network("10.0.2.0/24")
 _DEFAULT_HOST = IPv4Address("10.0.2.2")
 _DEFAULT_DNS = IPv4Address("10.0.2.3")
+_DEFAULT_NET6 = IPv6Network("fec0::/64")
+_DEFAULT_HOST6 = IPv6Address("fec0::2")
+_DEFAULT_DNS6 = IPv6Address("fec0::3")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,11 @@ class StackConfig:
     net: IPv4Network = _DEFAULT_NET
     host: IPv4Address = _DEFAULT_HOST
     dns: IPv4Address = _DEFAULT_DNS
+    ipv4: bool = True
+    ipv6: bool = False  # the engine's default; -netdev user turns it on, as QEMU does
+    net6: IPv6Network = _DEFAULT_NET6
+    host6: IPv6Address = _DEFAULT_HOST6
+    dns6: IPv6Address = _DEFAULT_DNS6
     restrict: bool = False
     restrict_local_dns: bool = False  # under restrict, the DNS address still answers its static names
     host_loopback: bool = True

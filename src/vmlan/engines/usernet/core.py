@@ -6,6 +6,7 @@ each other through it; the public face is :class:`~vmlan.engines.usernet.stack.U
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Callable, Hashable
@@ -15,7 +16,7 @@ from vmlan.engines.usernet.actions import Action
 from vmlan.engines.usernet.config import StackConfig
 from vmlan.engines.usernet.flows import Flow, FlowTable
 from vmlan.engines.usernet.guests import Guests
-from vmlan.engines.usernet.l3 import DF, IPV4
+from vmlan.engines.usernet.l3 import DF, IPV4, IPV6, multicast_mac, solicited_node
 from vmlan.faults import Faults
 from vmlan.wire import BytesLike
 from vmlan.wire.checksum import internet_checksum
@@ -25,12 +26,18 @@ from vmlan.wire.vnet import Offload
 __all__ = ["LOOPBACK", "Core", "StackCounters", "TimerFlow", "virtual_mac"]
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK6 = "::1"
 _ALL_ONES = b"\xff\xff\xff\xff"
+#: libslirp's router address on the link (LINKLOCAL_ADDR): the source of router advertisements.
+LINK_LOCAL_ROUTER = b"\xfe\x80" + b"\0" * 13 + b"\x02"
+_LINK_LOCAL_PREFIX = b"\xfe\x80" + b"\0" * 6
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
 def virtual_mac(ip: bytes) -> bytes:
-    """libslirp's MAC for a virtual host: 52:55 followed by its IPv4 address."""
-    return b"\x52\x55" + ip
+    """libslirp's MAC for a virtual host: 52:55 followed by its IPv4 address, or 52:56 followed by the
+    last four bytes of its IPv6 address (in6_compute_ethaddr)."""
+    return b"\x52\x55" + ip if len(ip) == 4 else b"\x52\x56" + ip[12:]
 
 
 class StackCounters:
@@ -55,6 +62,7 @@ class StackCounters:
         "restricted",
         "tcp_flows",
         "tcp_refused_cap",
+        "too_big",
         "udp_dropped_cap",
         "udp_flows",
         "unresolved",
@@ -83,6 +91,7 @@ class StackCounters:
         self.arp_requests = 0
         self.arp_bad = 0
         self.unresolved = 0  # frames for a guest address nobody owns (an ARP request goes out instead)
+        self.too_big = 0  # IPv6 datagrams for a guest larger than the MTU (the stack does not fragment)
         self.memory_pressure = 0  # times the TCP memory budget had to shrink windows
 
     def as_dict(self) -> dict[str, int]:
@@ -109,22 +118,27 @@ class Core:
         "cfg",
         "counters",
         "dhcp_holder",
+        "dns6",
         "dns_ip",
         "dns_mac",
         "faults",
         "flows",
         "frames",
         "guests",
+        "host6",
         "host_ip",
         "host_mac",
         "ident",
         "limits",
+        "net6_addr",
+        "net6_mask",
         "net_addr",
         "net_mask",
         "now",
         "port_tso",
         "reserved",
         "secret",
+        "tcp6",
         "virtual",
     )
 
@@ -143,15 +157,26 @@ class Core:
         self.virtual: dict[bytes, bytes] = {self.host_ip: self.host_mac, self.dns_ip: self.dns_mac}
         for g in cfg.guestfwd:
             self.virtual.setdefault(g.addr, virtual_mac(g.addr))
+        # IPv6 (cfg.ipv6): the prefix, the router (host6, and fe80::2 on the link) and the resolver.
+        self.host6 = cfg.host6.packed
+        self.dns6 = cfg.dns6.packed
+        self.net6_addr = int(cfg.net6.network_address)
+        self.net6_mask = int(cfg.net6.netmask)
+        if cfg.ipv6:
+            for ip6 in (self.host6, self.dns6, LINK_LOCAL_ROUTER):
+                self.virtual[ip6] = virtual_mac(ip6)
+        self.tcp6 = dataclasses.replace(cfg.tcp, mss=max(64, cfg.tcp.mss - 20))
         self.reserved = {
             *self.virtual,
             IPv4Address(self.net_addr).packed,
             self.bcast_ip,
+            cfg.net6.network_address.packed,
         }
         self.dhcp_holder: Callable[[bytes], bytes | None] = lambda ip: None
         self.port_tso = port_tso if port_tso is not None else (lambda port: False)
         self.flows = FlowTable()
-        self.guests = Guests(cfg.limits.macs_per_port, self.is_guest_addr, lambda ip: self.dhcp_holder(ip))
+        self.guests = Guests(cfg.limits.macs_per_port, self.is_guest_addr, lambda ip: self.dhcp_holder(ip),
+                             cfg.limits.addrs6_per_mac)
         self.frames: list[tuple[bytes, Offload | None]] = []
         self.actions: list[Action] = []
         self.counters = StackCounters()
@@ -163,9 +188,15 @@ class Core:
     def in_net(self, ip: bytes) -> bool:
         return (int.from_bytes(ip, "big") & self.net_mask) == self.net_addr
 
+    def in_net6(self, ip: bytes) -> bool:
+        return (int.from_bytes(ip, "big") & self.net6_mask) == self.net6_addr
+
     def is_guest_addr(self, ip: bytes) -> bool:
-        """An address a guest may own: inside the network and not one the stack keeps for itself."""
-        return len(ip) == 4 and self.in_net(ip) and ip not in self.reserved
+        """An address a guest may own: inside the network (IPv4) or the prefix or the link (IPv6) and not
+        one the stack keeps for itself."""
+        if len(ip) == 4:
+            return self.in_net(ip) and ip not in self.reserved
+        return (self.in_net6(ip) or ip[:8] == _LINK_LOCAL_PREFIX) and ip not in self.reserved
 
     def host_target(self, dst: bytes) -> str | None:
         """Where a guest packet to ``dst`` goes on the host, or None if nowhere (counted by the caller)."""
@@ -175,16 +206,34 @@ class Core:
             return None  # 0/8 would reach the host's loopback too (Linux delivers 0.0.0.0 locally)
         return socket.inet_ntoa(dst)
 
+    def host_target6(self, dst: bytes) -> str | None:
+        """IPv6: the host's ::1 for ipv6-host (as 10.0.2.2 reaches 127.0.0.1), the address itself for a
+        global destination, None for what cannot leave the link (the prefix, link-local, multicast,
+        loopback, unspecified, v4-mapped)."""
+        if dst == self.host6:
+            return LOOPBACK6 if self.cfg.host_loopback else None
+        if (self.in_net6(dst) or dst[0] == 0xFF or dst[:2] == b"\xfe\x80" or dst[:12] == _V4_MAPPED
+                or dst[:15] == b"\0" * 15):
+            return None
+        return socket.inet_ntop(socket.AF_INET6, dst)
+
     def guest_source(self, host: str) -> bytes:
-        """The address a host peer appears from, inside the guest network (a guest drops 127/8 sources)."""
-        if host.startswith("127.") or host == "::1" or host.startswith("::ffff:127."):
+        """The address a host peer appears from, inside the guest network (a guest drops 127/8 sources);
+        an IPv6 peer keeps its address, the host's own ::1 appears as ipv6-host."""
+        if host.startswith("127.") or host.startswith("::ffff:127."):
             return self.host_ip
-        if host.startswith("::ffff:"):
+        if host == LOOPBACK6:
+            return self.host6
+        if host.startswith("::ffff:") and "." in host:
             host = host[7:]
+        if ":" in host:
+            return socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
         return socket.inet_aton(host)
 
     def source_mac(self, src: bytes) -> bytes:
         """The Ethernet source of a packet from ``src``: the DNS's own MAC, else the gateway's."""
+        if len(src) == 16:
+            return virtual_mac(self.dns6) if src == self.dns6 else virtual_mac(LINK_LOCAL_ROUTER)
         return self.dns_mac if src == self.dns_ip else self.host_mac
 
     def next_ident(self) -> int:
@@ -200,6 +249,9 @@ class Core:
 
     def send_ip(self, src: bytes, dst: bytes, proto: int, l4: BytesLike, mac: bytes | None = None) -> None:
         """One IPv4 datagram toward a guest, fragmented to the MTU when it is larger (ICMP, UDP)."""
+        if len(dst) == 16:
+            self.send_ip6(src, dst, proto, l4, mac)
+            return
         if mac is None:
             mac = self.guest_mac(dst)
             if mac is None:
@@ -216,6 +268,43 @@ class Core:
         for frame in IPV4.fragments(mac, smac, src, dst, proto, l4, ident, self.cfg.mtu):
             self.frames.append((frame, None))
 
+    def send_ip6(self, src: bytes, dst: bytes, nh: int, l4: BytesLike, mac: bytes | None = None,
+                 hop_limit: int = 64) -> None:
+        """One IPv6 datagram toward a guest (or a link multicast group). The stack does not fragment: a
+        datagram larger than the MTU is dropped and counted (the host's socket would have refused it)."""
+        if mac is None:
+            if dst[0] == 0xFF:
+                mac = multicast_mac(dst)
+            else:
+                mac = self.guest_mac(dst)
+                if mac is None:
+                    self.counters.unresolved += 1
+                    self.neighbour_solicit(dst)
+                    return
+        if 40 + len(l4) > self.cfg.mtu:
+            self.counters.too_big += 1
+            return
+        prefix = IPV6.frame_prefix(mac, self.source_mac(src), src, dst, nh, len(l4), hop_limit)
+        self.frames.append((prefix + l4, None))
+
+    def send_icmp6(self, src: bytes, dst: bytes, message: bytearray, mac: bytes | None = None,
+                   hop_limit: int = 64) -> None:
+        """ICMPv6 (its checksum covers the IPv6 pseudo-header, RFC 4443 2.3) toward a guest."""
+        message[2:4] = b"\0\0"
+        csum = internet_checksum(message, IPV6.pseudo_sum(src, dst, 58) + len(message))
+        message[2:4] = csum.to_bytes(2, "big")
+        self.send_ip6(src, dst, 58, message, mac, hop_limit)
+
+    def neighbour_solicit(self, ip6: bytes) -> None:
+        """RFC 4861 7.2.2: ask the solicited-node group who has ``ip6``, as the router."""
+        if not self.is_guest_addr(ip6):
+            return
+        self.counters.arp_requests += 1
+        router_mac = virtual_mac(LINK_LOCAL_ROUTER)
+        ns = bytearray(b"\x87\0\0\0\0\0\0\0" + ip6 + b"\x01\x01" + router_mac)
+        group = solicited_node(ip6)
+        self.send_icmp6(LINK_LOCAL_ROUTER, group, ns, multicast_mac(group), 255)
+
     def send_udp(
         self, src: bytes, sport: int, dst: bytes, dport: int, data: BytesLike, mac: bytes | None = None
     ) -> None:
@@ -225,7 +314,8 @@ class Core:
         header[2:4] = dport.to_bytes(2, "big")
         header[4:6] = n.to_bytes(2, "big")
         datagram = header + data
-        csum = internet_checksum(datagram, IPV4.pseudo_sum(src, dst, 17) + n) or 0xFFFF
+        family = IPV6 if len(dst) == 16 else IPV4
+        csum = internet_checksum(datagram, family.pseudo_sum(src, dst, 17) + n) or 0xFFFF
         datagram[6:8] = csum.to_bytes(2, "big")
         self.send_ip(src, dst, 17, datagram, mac)
 

@@ -14,6 +14,10 @@ The rules, libvirt's clean-traffic semantics adapted to a router that also hands
   a later claim moves its address. An address owned by another MAC, leased to another MAC, or
   belonging to the stack itself (network, broadcast, gateway, DNS, guestfwd servers) is never claimed.
 * 0.0.0.0 is a valid source only for DHCP (UDP to port 67).
+* IPv6: a MAC may use up to ``Limits.addrs6_per_mac`` addresses of the prefix or the link (fe80::/64):
+  its link-local, SLAAC and temporary addresses, each claimed by first use (the oldest makes room for a
+  new one); an address another MAC uses, or one of the stack's, is never claimed. The unspecified
+  address :: is a valid source only for duplicate address detection (a neighbour solicitation).
 
 Every per-guest account (flows, pings, DNS queries, fragments) hangs off the :class:`Guest` of the
 port, so whatever addresses a guest forges it spends only its own share. When the port leaves the hub,
@@ -36,6 +40,7 @@ class Guest:
         "cmd",
         "connecting",
         "flows",
+        "ip6_of",
         "ip_of",
         "macs",
         "name",
@@ -52,6 +57,7 @@ class Guest:
         self.tso = tso  # the port takes 64 KiB TCP segments (GSO) and partial checksums
         self.macs: set[bytes] = set()
         self.ip_of: dict[bytes, bytes] = {}  # MAC -> its IPv4 address
+        self.ip6_of: dict[bytes, list[bytes]] = {}  # MAC -> its IPv6 addresses, oldest first
         self.flows: set[int] = set()  # ids of every flow (TCP, UDP, ping) the guest holds
         self.tcp = 0
         self.connecting = 0
@@ -79,17 +85,20 @@ class GuestCounters:
 class Guests:
     """The identity tables: port -> guest, MAC -> guest, IPv4 -> (guest, MAC)."""
 
-    __slots__ = ("_is_guest_addr", "_leased_to", "by_port", "counters", "ip_owner", "mac_owner", "macs_per_port")
+    __slots__ = ("_is_guest_addr", "_leased_to", "addrs6_per_mac", "by_port", "counters", "ip_owner", "mac_owner",
+                 "macs_per_port")
 
     def __init__(
         self,
         macs_per_port: int,
         is_guest_addr: Callable[[bytes], bool],
         leased_to: Callable[[bytes], bytes | None],
+        addrs6_per_mac: int = 8,
     ) -> None:
         """``is_guest_addr(ip)``: inside the network and not one of the stack's own addresses;
         ``leased_to(ip)``: the MAC holding an active DHCP lease on ``ip``, if any."""
         self.macs_per_port = macs_per_port
+        self.addrs6_per_mac = addrs6_per_mac
         self._is_guest_addr = is_guest_addr
         self._leased_to = leased_to
         self.by_port: dict[Hashable, Guest] = {}
@@ -120,6 +129,8 @@ class Guests:
 
     def source_ok(self, guest: Guest, mac: bytes, ip: bytes) -> bool:
         """Is ``ip`` the address of (guest, mac), or may that MAC claim it now? (``mac`` admitted.)"""
+        if len(ip) == 16:
+            return self._source_ok6(guest, mac, ip)
         if guest.ip_of.get(mac) == ip:
             return True
         if not self._is_guest_addr(ip) or ip in self.ip_owner:
@@ -135,6 +146,24 @@ class Guests:
             return False
         self.counters.claims += 1
         self.bind(guest, mac, ip)
+        return True
+
+    def _source_ok6(self, guest: Guest, mac: bytes, ip: bytes) -> bool:
+        addrs = guest.ip6_of.get(mac)
+        if addrs is not None and ip in addrs:
+            return True
+        if not self._is_guest_addr(ip) or ip in self.ip_owner:
+            self.counters.source_spoofed += 1
+            return False
+        if addrs is None:
+            addrs = guest.ip6_of[mac] = []
+        if len(addrs) >= self.addrs6_per_mac:
+            old = addrs.pop(0)
+            if self.ip_owner.get(old) == (guest, mac):
+                del self.ip_owner[old]
+        addrs.append(ip)
+        self.ip_owner[ip] = (guest, mac)
+        self.counters.claims += 1
         return True
 
     def bind(self, guest: Guest, mac: bytes, ip: bytes) -> None:
@@ -167,6 +196,11 @@ class Guests:
         for mac, ip in g.ip_of.items():
             if self.ip_owner.get(ip) == (g, mac):
                 del self.ip_owner[ip]
+        for mac, addrs in g.ip6_of.items():
+            for ip in addrs:
+                if self.ip_owner.get(ip) == (g, mac):
+                    del self.ip_owner[ip]
         g.macs.clear()
         g.ip_of.clear()
+        g.ip6_of.clear()
         return g

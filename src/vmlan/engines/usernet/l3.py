@@ -32,7 +32,7 @@ import struct
 from typing import Final
 
 from vmlan.wire import BytesLike
-from vmlan.wire.checksum import internet_checksum, pseudo_header_sum_v4
+from vmlan.wire.checksum import internet_checksum, pseudo_header_sum_v4, pseudo_header_sum_v6
 from vmlan.wire.ethernet import ETH_P_IP
 
 __all__ = ["ETH_IP", "ETH_IP_PORTS", "IPV4", "Family", "Ipv4"]
@@ -129,3 +129,63 @@ class Ipv4(Family):
 
 
 IPV4: Final = Ipv4()
+
+ETH_P_IPV6: Final = 0x86DD
+#: Ethernet (14) + IPv6 (40): version/class/flow, payload length, next header, hop limit, addresses.
+ETH_IP6: Final = struct.Struct("!6s6sHIHBB16s16s")
+#: The same plus the transport header's first 4 bytes.
+ETH_IP6_PORTS: Final = struct.Struct("!6s6sHIHBB16s16sHH")
+
+
+class Ipv6(Family):
+    """IPv6 (RFC 8200). The stack originates datagrams whole (no fragment header of its own): what it
+    sends fits the link MTU the router advertisements announce.
+
+        IPv6 header (RFC 8200 section 3)
+         0                   1                   2                   3
+         0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+        +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+        |Version| Traffic Class |           Flow Label                  |
+        +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+        |         Payload Length        |  Next Header  |   Hop Limit   |
+        +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+        |                    Source Address (128 bits)                  |
+        +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+        |                 Destination Address (128 bits)                |
+        +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+    """
+
+    version = 6
+    addr_len = 16
+    header_len = 40
+    ethertype = ETH_P_IPV6
+
+    def ntop(self, addr: bytes) -> str:
+        return socket.inet_ntop(socket.AF_INET6, addr)
+
+    def pton(self, text: str) -> bytes:
+        return socket.inet_pton(socket.AF_INET6, text)
+
+    def pseudo_sum(self, src: bytes, dst: bytes, proto: int) -> int:
+        return pseudo_header_sum_v6(src, dst, proto, 0)
+
+    def max_mss(self) -> int:
+        return 65475
+
+    @staticmethod
+    def frame_prefix(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, nh: int, l4_len: int,
+                     hop_limit: int = TTL) -> bytes:
+        return ETH_IP6.pack(dst_mac, src_mac, ETH_P_IPV6, 0x60000000, l4_len, nh, hop_limit, src, dst)
+
+
+IPV6: Final = Ipv6()
+
+
+def multicast_mac(ip6: bytes) -> bytes:
+    """RFC 2464 section 7: 33:33 followed by the group's last 32 bits."""
+    return b"\x33\x33" + ip6[12:]
+
+
+def solicited_node(ip6: bytes) -> bytes:
+    """RFC 4291 2.7.1: ff02::1:ffXX:XXXX, the group a host listens on for neighbour solicitations."""
+    return b"\xff\x02" + b"\0" * 9 + b"\x01\xff" + ip6[13:]

@@ -127,8 +127,103 @@ class DnsService:
                     core.actions.append((A.DNS_FORGET, action.upstream_id))
                 client = cast("tuple[Any, ...]", action.client)  # ("udp", ip, port) or ("tcp", fid), as queried
                 if client[0] == "udp":
-                    core.send_udp(core.dns_ip, 53, client[1], client[2], action.payload)
+                    src = core.dns6 if len(client[1]) == 16 else core.dns_ip
+                    core.send_udp(src, 53, client[1], client[2], action.payload)
                 else:
                     self.tcp_reply(client[1], TcpDnsFramer.frame(action.payload), True, now)
         deadline = self.resolver.get_timer()
         core.flows.arm(self.timer, deadline if deadline is not None else float("inf"))
+
+
+# -- DHCPv6, stateless (RFC 8415 section 6.1: Information-request -> Reply) ---------------------------------
+DHCP6_SERVERS = b"\xff\x02" + b"\0" * 11 + b"\x01\x00\x02"  # ff02::1:2, All_DHCP_Relay_Agents_and_Servers
+_INFORMATION_REQUEST, _REPLY = 11, 7
+_OPT_CLIENTID, _OPT_SERVERID, _OPT_IA_NA, _OPT_IA_TA, _OPT_IA_PD = 1, 2, 3, 4, 25
+_OPT_DNS_SERVERS, _OPT_DOMAIN_LIST = 23, 24
+_MAX_OPTIONS = 64
+
+
+class Dhcpv6Service:
+    """Stateless DHCPv6 for the guests (what libslirp's dhcpv6.c does): an Information-request gets a
+    Reply with the resolver (ipv6-dns) and the search list. Addresses come from SLAAC (the router
+    advertisements), so Solicit/Request (stateful) are not answered. Checked per RFC 8415 16.12: no IA
+    options, our server id if one is named; malformed or oversized messages are dropped and counted.
+
+        DHCPv6 message (RFC 8415 section 8) and option (section 21.1)
+         0                   1                   2                   3
+         0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+        +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+        |    msg-type   |               transaction-id                  |
+        +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+        |          option-code          |           option-len          |
+        +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+        |                          option-data ...                      |
+    """
+
+    __slots__ = ("core", "dns_search", "dropped", "duid", "replies")
+
+    def __init__(self, core: Core, dnssearch: tuple[str, ...]) -> None:
+        from vmlan.engines.usernet.core import LINK_LOCAL_ROUTER, virtual_mac
+
+        self.core = core
+        # DUID-LL (type 3) on hardware type 1 (Ethernet) with the router's MAC
+        self.duid = b"\x00\x03\x00\x01" + virtual_mac(LINK_LOCAL_ROUTER)
+        self.dns_search = b"".join(_wire_name(name) for name in dnssearch)
+        self.replies = 0
+        self.dropped = 0
+
+    def handle(self, guest: Guest, mac: bytes, src: bytes, sport: int, dst: bytes, data: memoryview,
+               now: float) -> None:
+        from vmlan.engines.usernet.core import LINK_LOCAL_ROUTER
+
+        core = self.core
+        options = _options(data)
+        if options is None or sport != 546 or data[0] != _INFORMATION_REQUEST:
+            self.dropped += 1
+            return
+        codes = {code for code, _value in options}
+        server = next((value for code, value in options if code == _OPT_SERVERID), None)
+        if codes & {_OPT_IA_NA, _OPT_IA_TA, _OPT_IA_PD} or (server is not None and server != self.duid):
+            self.dropped += 1
+            return
+        out = bytearray(bytes((_REPLY,)) + bytes(data[1:4]))
+        for code, value in options:
+            if code == _OPT_CLIENTID:
+                out += _option(_OPT_CLIENTID, value)
+        out += _option(_OPT_SERVERID, self.duid)
+        out += _option(_OPT_DNS_SERVERS, core.dns6)
+        if self.dns_search:
+            out += _option(_OPT_DOMAIN_LIST, self.dns_search)
+        self.replies += 1
+        core.send_udp(LINK_LOCAL_ROUTER, 547, src, 546, out, mac)
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return code.to_bytes(2, "big") + len(value).to_bytes(2, "big") + value
+
+
+def _options(data: memoryview) -> list[tuple[int, bytes]] | None:
+    """The message's options, or None when the lengths do not add up (bounded: at most 64 options)."""
+    if len(data) < 4:
+        return None
+    out: list[tuple[int, bytes]] = []
+    pos = 4
+    while pos < len(data):
+        if pos + 4 > len(data) or len(out) >= _MAX_OPTIONS:
+            return None
+        code = (data[pos] << 8) | data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if pos + 4 + length > len(data):
+            return None
+        out.append((code, bytes(data[pos + 4 : pos + 4 + length])))
+        pos += 4 + length
+    return out
+
+
+def _wire_name(name: str) -> bytes:
+    """A domain name in DNS wire format, uncompressed (RFC 8415 10: the search list's encoding)."""
+    out = bytearray()
+    for label in name.rstrip(".").split("."):
+        raw = label.encode("ascii")
+        out += bytes((len(raw),)) + raw
+    return bytes(out) + b"\0"

@@ -33,9 +33,9 @@ from vmlan.engines.usernet.core import Core
 from vmlan.engines.usernet.flows import INF
 from vmlan.engines.usernet.guests import Guest
 from vmlan.engines.usernet.icmp import Icmp, PingFlow
-from vmlan.engines.usernet.l3 import ETH_IP, ETH_IP_PORTS, IPV4
-from vmlan.engines.usernet.neighbours import Neighbours
-from vmlan.engines.usernet.services import DhcpService, DnsService, Services
+from vmlan.engines.usernet.l3 import ETH_IP, ETH_IP6, ETH_IP_PORTS, IPV4, IPV6
+from vmlan.engines.usernet.neighbours import Ndp, Neighbours
+from vmlan.engines.usernet.services import DHCP6_SERVERS, DhcpService, Dhcpv6Service, DnsService, Services
 from vmlan.engines.usernet.tcpnat import TcpFlow, TcpNat
 from vmlan.engines.usernet.udp import Udp, UdpFlow, UdpFwdSession
 from vmlan.wire import BytesLike, WireError
@@ -48,14 +48,15 @@ __all__ = ["UserStack"]
 _BROADCAST = b"\xff" * 6
 _ZERO4 = b"\0\0\0\0"
 _ALL_ONES4 = b"\xff\xff\xff\xff"
+_UNSPECIFIED6 = b"\0" * 16
 _L4_VOUCHED = FLAG_DATA_VALID | FLAG_NEEDS_CSUM
 _ETH = struct.Struct("!6s6sH")
 _PORTS = struct.Struct("!HH")
 
 
 class UserStack:
-    __slots__ = ("_next_rule", "_reassembly_timer", "core", "counters", "dhcp", "dns", "faults", "flows", "guests",
-                 "hostfwd", "icmp", "neighbours", "reassembly", "services", "tcp", "udp")
+    __slots__ = ("_next_rule", "_reassembly_timer", "core", "counters", "dhcp", "dhcp6", "dns", "faults", "flows",
+                 "guests", "hostfwd", "icmp", "ndp", "neighbours", "reassembly", "services", "tcp", "udp")
 
     def __init__(
         self,
@@ -90,11 +91,19 @@ class UserStack:
         self.reassembly = Ipv4Reassembler(max_datagrams_per_owner=limits.frag_datagrams_per_guest,
                                           max_bytes_per_owner=limits.frag_bytes_per_guest)
         self._reassembly_timer = core.timer(self._reassembly_expired)
-        if self.dhcp is not None:
+        if self.dhcp is not None and cfg.ipv4:
             for addr in (core.host_ip, core.bcast_ip, _ALL_ONES4):
                 self.services.register_udp(addr, 67, self.dhcp.handle)
         if self.dns is not None:
             self.services.register_udp(core.dns_ip, 53, self.dns.handle_udp)
+        self.ndp: Ndp | None = None
+        self.dhcp6: Dhcpv6Service | None = None
+        if cfg.ipv6:
+            self.ndp = Ndp(core)
+            self.dhcp6 = Dhcpv6Service(core, cfg.dhcp.dnssearch if cfg.dhcp is not None else ())
+            self.services.register_udp(DHCP6_SERVERS, 547, self.dhcp6.handle)
+            if self.dns is not None:
+                self.services.register_udp(core.dns6, 53, self.dns.handle_udp)
 
     # -- outputs --------------------------------------------------------------------------------------------
     def take_frames(self) -> list[tuple[bytes, Offload | None]]:
@@ -133,10 +142,10 @@ class UserStack:
             return
         d0 = dmac[0]
         if d0 & 1:
-            if dmac != _BROADCAST:
-                c.not_for_us += 1
+            if dmac != _BROADCAST and (dmac[:2] != b"\x33\x33" or ethertype != 0x86DD):
+                c.not_for_us += 1  # multicast but IPv6's (NDP, DHCPv6) and broadcast
                 return
-        elif d0 != 0x52 or dmac[1] != 0x55:
+        elif d0 != 0x52 or (dmac[1] != 0x55 and dmac[1] != 0x56):
             c.not_for_us += 1  # another guest's unicast, seen because hubs flood
             return
         guests = core.guests
@@ -146,8 +155,10 @@ class UserStack:
         if mac not in guest.macs and not guests.admit(guest, mac):
             c.bad_source += 1
             return
-        if ethertype != 0x0800:
-            if ethertype == 0x0806:
+        if ethertype != 0x0800 or not core.cfg.ipv4:
+            if ethertype == 0x86DD and core.cfg.ipv6:
+                self._ipv6(guest, mac, frame, offload, now)
+            elif ethertype == 0x0806 and core.cfg.ipv4:
                 self.neighbours.arp_input(guest, mac, frame)
             else:
                 c.unsupported += 1
@@ -209,6 +220,75 @@ class UserStack:
         else:
             core.counters.unsupported += 1
 
+    def _ipv6(self, guest: Guest, mac: bytes, frame: BytesLike, offload: Offload | None, now: float) -> None:
+        """An IPv6 datagram (RFC 8200): the header, hop-by-hop and destination options skipped (MLD
+        carries a router alert), fragments and routing headers dropped and counted."""
+        core = self.core
+        n = len(frame)
+        if n < 54:
+            core.counters.bad_ipv4 += 1
+            return
+        _d, _s, _t, vtf, plen, nh, hop_limit, src, dst = ETH_IP6.unpack_from(frame)
+        end = 54 + plen
+        if vtf >> 28 != 6 or end > n:
+            core.counters.bad_ipv4 += 1
+            return
+        off = 54
+        for _ in range(4):
+            if nh not in (0, 60):
+                break
+            if off + 8 > end:
+                core.counters.bad_ipv4 += 1
+                return
+            nh, length = frame[off], (frame[off + 1] + 1) * 8
+            off += length
+        if nh in (0, 60, 43, 44) or off > end:
+            core.counters.unsupported += 1  # fragments, routing headers, an option chain too long
+            return
+        l4 = memoryview(frame)[off:end]
+        ndp = self.ndp
+        if ndp is not None and ndp.timer.deadline == INF:
+            ndp.start(now)  # unsolicited router advertisements from the first IPv6 frame on
+        if src == _UNSPECIFIED6:
+            if nh != 58 or len(l4) < 1 or l4[0] != 135:
+                core.counters.bad_source += 1  # only duplicate address detection comes from ::
+                return
+        else:
+            addrs = guest.ip6_of.get(mac)
+            if (addrs is None or src not in addrs) and not core.guests.source_ok(guest, mac, src):
+                core.counters.bad_source += 1
+                return
+        vouched = offload is not None and bool(offload.flags & _L4_VOUCHED)
+        if nh == 58:
+            if len(l4) < 4 or (not vouched and internet_checksum(l4, IPV6.pseudo_sum(src, dst, 58) + len(l4))):
+                core.counters.bad_l4 += 1
+                return
+            if 133 <= l4[0] <= 137:
+                if self.ndp is not None:
+                    self.ndp.input(guest, mac, src, dst, hop_limit, l4)
+            elif dst[0] != 0xFF and len(l4) >= 8:
+                self.icmp.input6(guest, src, dst, l4, now)
+            else:
+                core.counters.unsupported += 1  # MLD reports and the like: nothing to do here
+            return
+        if len(l4) < 8:
+            core.counters.bad_l4 += 1
+            return
+        sport = (l4[0] << 8) | l4[1]
+        dport = (l4[2] << 8) | l4[3]
+        if nh == 17:
+            if l4[6] == 0 and l4[7] == 0:
+                core.counters.bad_l4 += 1  # RFC 8200 8.1: a zero UDP checksum is not allowed over IPv6
+                return
+            self._udp(guest, mac, src, dst, sport, dport, l4, vouched, now)
+        elif nh == 6 and dst[0] != 0xFF:
+            if len(l4) < 20:
+                core.counters.bad_l4 += 1
+                return
+            self.tcp.segment(guest, mac, src, dst, sport, dport, l4, vouched, now)
+        else:
+            core.counters.unsupported += 1
+
     def _fragment(self, guest: Guest, mac: bytes, frame: BytesLike, now: float) -> None:
         """A fragment (already identity-checked): reassemble within the guest's share, then go on."""
         core = self.core
@@ -248,7 +328,8 @@ class UserStack:
             core.counters.bad_l4 += 1
             return
         if not vouched and (l4[6] or l4[7]):
-            s = internet_checksum(l4[:length], IPV4.pseudo_sum(src, dst, 17) + length)
+            family = IPV6 if len(src) == 16 else IPV4
+            s = internet_checksum(l4[:length], family.pseudo_sum(src, dst, 17) + length)
             if s not in (0, 0xFFFF):
                 core.counters.bad_l4 += 1
                 return

@@ -36,12 +36,12 @@ from vmlan.engines.usernet import actions as A
 from vmlan.engines.usernet.config import GuestForward, HostForward
 from vmlan.engines.usernet.flows import INF, Flow
 from vmlan.engines.usernet.icmp import Icmp
-from vmlan.engines.usernet.l3 import DF, IPV4
+from vmlan.engines.usernet.l3 import DF, IPV4, IPV6
 from vmlan.engines.usernet.services import DnsService, DnsTcpState
 from vmlan.wire import BytesLike, WireError
 from vmlan.wire.checksum import internet_checksum
 from vmlan.wire.icmp import ICMP_HOST_UNREACH, ICMP_NET_UNREACH
-from vmlan.wire.vnet import FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, Offload
+from vmlan.wire.vnet import FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, Offload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -60,6 +60,15 @@ _ICMP_CODE = {
     errno.EHOSTDOWN: ICMP_HOST_UNREACH,
     errno.EACCES: 13,  # communication administratively prohibited (RFC 1812)
     errno.EPERM: 13,
+}
+# ICMPv6 destination unreachable codes (RFC 4443 3.1): no route, administratively prohibited, address
+_ICMP6_CODE = {
+    errno.ENETUNREACH: 0,
+    errno.EHOSTUNREACH: 3,
+    errno.ETIMEDOUT: 3,
+    errno.EHOSTDOWN: 3,
+    errno.EACCES: 1,
+    errno.EPERM: 1,
 }
 MEMORY_CHECK = 0.25  # seconds between looks at the TCP memory budget
 MIN_BUFFER = 64 * 1024  # no connection's buffers shrink below this under pressure
@@ -92,6 +101,7 @@ class TcpFlow(Flow):
         "smac",
         "syn_quote",
         "target",
+        "v6",
     )
 
     def __init__(self, nat: TcpNat, guest: Guest | None, conn: TcpConnection, key: tuple[bytes, int, bytes, int],
@@ -106,7 +116,8 @@ class TcpFlow(Flow):
         self.target = target
         self.mac = mac  # the guest's MAC (None: not resolved yet, hostfwd to a silent guest)
         self.smac = nat.core.source_mac(self.far)
-        self.ip_base = IPV4.header_sum(self.far, self.guest_ip, 6, DF)
+        self.v6 = len(self.guest_ip) == 16
+        self.ip_base = 0 if self.v6 else IPV4.header_sum(self.far, self.guest_ip, 6, DF)
         self.connecting = False
         self.read_paused = False
         self.closed = False
@@ -128,21 +139,29 @@ class TcpFlow(Flow):
             owner = core.guests.ip_owner.get(self.guest_ip)
             if owner is None:
                 core.counters.unresolved += 1
-                core.arp_request(self.guest_ip)
+                if self.v6:
+                    core.neighbour_solicit(self.guest_ip)
+                else:
+                    core.arp_request(self.guest_ip)
                 return
             self.mac = mac = owner[1]
         n = len(header) + len(payload)
-        ident = core.ident = (core.ident + 1) & 0xFFFF
-        prefix = IPV4.frame_prefix(mac, self.smac, self.far, self.guest_ip, 6, n, ident, self.ip_base, DF)
+        if self.v6:
+            prefix = IPV6.frame_prefix(mac, self.smac, self.far, self.guest_ip, 6, n)
+            start, gso = 54, GSO_TCPV6
+        else:
+            ident = core.ident = (core.ident + 1) & 0xFFFF
+            prefix = IPV4.frame_prefix(mac, self.smac, self.far, self.guest_ip, 6, n, ident, self.ip_base, DF)
+            start, gso = 34, GSO_TCPV4
         offload = None
         if payload and self.conn.partial_checksum:  # the port finishes the checksum (and segments)
             mss = self.conn.send_mss
             if len(payload) > mss:
-                offload = Offload(FLAG_NEEDS_CSUM, GSO_TCPV4, 34 + len(header), mss, 34, 16)
+                offload = Offload(FLAG_NEEDS_CSUM, gso, start + len(header), mss, start, 16)
             else:
-                offload = Offload(FLAG_NEEDS_CSUM, GSO_NONE, 0, 0, 34, 16)
+                offload = Offload(FLAG_NEEDS_CSUM, GSO_NONE, 0, 0, start, 16)
         elif len(payload) > self.conn.send_mss:
-            offload = Offload(0, GSO_TCPV4, 34 + len(header), self.conn.send_mss, 34, 16)
+            offload = Offload(0, gso, start + len(header), self.conn.send_mss, start, 16)
         core.frames.append((b"".join((prefix, header, payload)), offload))
 
 
@@ -204,8 +223,10 @@ class TcpNat:
         src, sport, dst, dport = key
         # Validated before it means anything, a RST included: a corrupted segment is dropped, not answered.
         off = (seg[12] >> 4) * 4
+        v6 = len(src) == 16
+        family = IPV6 if v6 else IPV4
         if off < 20 or off > len(seg) or sport == 0 or dport == 0 or (
-            not verified and internet_checksum(seg, IPV4.pseudo_sum(src, dst, 6) + len(seg))
+            not verified and internet_checksum(seg, family.pseudo_sum(src, dst, 6) + len(seg))
         ):
             core.counters.bad_l4 += 1
             return
@@ -215,7 +236,7 @@ class TcpNat:
         if flags & 0x12 != 0x02:
             self._reset_for(src, dst, seg)  # not a bare SYN (RFC 9293 3.10.7.1)
             return
-        if not core.in_net(src):
+        if not (v6 or core.in_net(src)):
             core.counters.bad_l4 += 1
             return
         target: object
@@ -228,7 +249,7 @@ class TcpNat:
                 core.counters.tcp_refused_cap += 1
                 self._reset_for(src, dst, seg)
                 return
-        elif dst == core.dns_ip and dport == 53 and self.dns is not None:
+        elif (dst == core.dns_ip or (v6 and dst == core.dns6)) and dport == 53 and self.dns is not None:
             kind, target = SERVICE, None
             service = True
         elif core.cfg.restrict:
@@ -236,8 +257,8 @@ class TcpNat:
             self._reset_for(src, dst, seg)
             return
         else:
-            host = core.host_target(dst)
-            if host is None or (dst == core.dns_ip and dst != core.host_ip):
+            host = core.host_target6(dst) if v6 else core.host_target(dst)
+            if host is None or (dst == core.dns_ip and dst != core.host_ip) or (v6 and dst == core.dns6):
                 core.counters.no_route += 1
                 self._reset_for(src, dst, seg)
                 return
@@ -255,7 +276,8 @@ class TcpNat:
             return
         isn = self.isn.isn(dst, dport, src, sport, now)
         try:
-            conn = TcpConnection.from_syn((dst, dport), (src, sport), seg, core.cfg.tcp, now, isn, verified=verified)
+            params = core.tcp6 if v6 else core.cfg.tcp
+            conn = TcpConnection.from_syn((dst, dport), (src, sport), seg, params, now, isn, verified=verified)
         except WireError:
             core.counters.bad_l4 += 1  # bad checksum or a malformed SYN: dropped, as any bad segment
             return
@@ -276,7 +298,7 @@ class TcpNat:
         flow.syn_quote = Icmp.rebuild(src, dst, 6, bytes(seg[:8]), len(seg))
         if kind == GUESTFWD and isinstance(target, str):
             guest.cmd += 1
-        core.actions.append((A.TCP_CONNECT, flow.fid, 4, target))
+        core.actions.append((A.TCP_CONNECT, flow.fid, 6 if v6 else 4, target))
 
     def _register(self, flow: TcpFlow, guest: Guest | None) -> None:
         self.core.flows.add(flow)
@@ -306,7 +328,8 @@ class TcpNat:
             rack = (seq + plen + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)) & 0xFFFFFFFF
             rflags = 0x14
         header = bytearray(_HDR.pack(dport, sport, rseq, rack, 5 << 4, rflags, 0, 0, 0))
-        header[16:18] = internet_checksum(header, IPV4.pseudo_sum(dst, src, 6) + 20).to_bytes(2, "big")
+        family = IPV6 if len(src) == 16 else IPV4
+        header[16:18] = internet_checksum(header, family.pseudo_sum(dst, src, 6) + 20).to_bytes(2, "big")
         self.core.send_ip(dst, src, 6, header)
 
     # -- after any input: data, events, segments, timer -------------------------------------------------------
@@ -418,10 +441,11 @@ class TcpNat:
             return
         if flow.connecting:
             self._connect_done(flow)
-        code = _ICMP_CODE.get(err)
+        code = (_ICMP6_CODE if flow.v6 else _ICMP_CODE).get(err)
         if code is not None and flow.syn_quote:
             # Nothing was answered yet: forget the connection silently, tell the guest why by ICMP.
-            self.icmp.unreachable(self.core.host_ip, flow.guest_ip, code, flow.syn_quote)
+            router = self.core.host6 if flow.v6 else self.core.host_ip
+            self.icmp.unreachable(router, flow.guest_ip, code, flow.syn_quote)
         else:
             flow.conn.refuse(now)
             self.after(flow, now)
@@ -513,7 +537,8 @@ class TcpNat:
         if port is None:
             return None
         key = (rule.guest_addr, rule.guest_port, src, port)
-        conn = TcpConnection.connect((src, port), (rule.guest_addr, rule.guest_port), core.cfg.tcp, now,
+        params = core.tcp6 if len(src) == 16 else core.cfg.tcp
+        conn = TcpConnection.connect((src, port), (rule.guest_addr, rule.guest_port), params, now,
                                      self.isn.isn(src, port, rule.guest_addr, rule.guest_port, now))
         flow = TcpFlow(self, guest, conn, key, HOSTFWD, None, mac)
         flow.rule = index

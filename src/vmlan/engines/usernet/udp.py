@@ -87,7 +87,8 @@ class Udp:
         if core.cfg.restrict:
             core.counters.restricted += 1
             return
-        target = core.host_target(dst)
+        v6 = len(dst) == 16
+        target = core.host_target6(dst) if v6 else core.host_target(dst)
         if target is None or dport == 0:
             core.counters.no_route += 1
             return
@@ -105,7 +106,7 @@ class Udp:
             core.counters.udp_flows += 1
         core.flows.arm(flow, now + flow.timeout)
         flow.last_dst = (target, dport)
-        core.actions.append((A.UDP_SEND, flow.fid, 4, (target, dport), bytes(data)))
+        core.actions.append((A.UDP_SEND, flow.fid, 6 if v6 else 4, (target, dport), bytes(data)))
 
     def received(self, fid: int, data: BytesLike, src: tuple[str, int], now: float) -> None:
         """A datagram arrived on a flow's host socket."""
@@ -117,7 +118,8 @@ class Udp:
         core.send_udp(core.guest_source(src[0]), src[1], flow.guest_ip, flow.guest_port, data)
 
     def error(self, fid: int, dst: tuple[str, int], code: int, now: float) -> None:
-        """The flow's host socket got an ICMP destination-unreachable ``code`` for a datagram to ``dst``."""
+        """The flow's host socket got an ICMP destination-unreachable ``code`` for a datagram to ``dst``
+        (ICMPv6's own code on an IPv6 flow)."""
         flow = self.core.flows.get(fid)
         if not isinstance(flow, UdpFlow):
             return
