@@ -9,6 +9,7 @@ and any internal-error line. ``proc_status`` reads a process's memory and descri
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -82,6 +83,29 @@ class Snapshot:
 
     def counter(self, name: str) -> int:
         return self.counters.get(name, 0)
+
+    def port(self, name: str) -> PortLine:
+        """The counters of a hub port from info network (``u0``, ``vm0.1``, ...)."""
+        for line in self.text.splitlines():
+            m = _PORT_RE.match(line)
+            if m and m.group(1) == name:
+                return PortLine(*(int(v) for v in m.groups()[1:]))
+        raise AssertionError(f"no port {name} in info network:\n{self.text}")
+
+
+@dataclass(frozen=True)
+class PortLine:
+    rx_frames: int
+    rx_bytes: int
+    rx_dropped: int
+    tx_frames: int
+    tx_bytes: int
+    tx_dropped: int
+
+
+_PORT_RE = re.compile(
+    r"^    (\S+): .* rx (\d+) frames (\d+) bytes (\d+) dropped, tx (\d+) frames (\d+) bytes (\d+) dropped$"
+)
 
 
 def _is_hub0(line: str) -> bool:
