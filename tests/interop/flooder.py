@@ -33,6 +33,7 @@ import time
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
+from scapy.packet import Packet
 
 GATEWAY_MAC = "52:55:0a:00:02:02"
 BATCH = 64  # frames per send
@@ -50,6 +51,7 @@ def build(kind: str, mac: str, count: int, avoid_port: int) -> list[bytes]:
             if dport == avoid_port:
                 dport = dport % 65535 + 1
         ip = IP(src=src, dst=dst, ttl=64, id=i & 0xFFFF)
+        l4: Packet
         if kind == "syn":
             l4 = TCP(sport=sport, dport=dport, flags="S", seq=i * 2654435761 & 0xFFFFFFFF, window=64240,
                      options=[("MSS", 1460), ("SAckOK", b""), ("WScale", 7)])
