@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 
 VENV=${VMLAN_VENV:-.venv}
 RUN_PACKAGES=(python3 python3-venv)
-TEST_PACKAGES=(qemu-system-x86 vde2 tshark socat iperf3 cpio gzip iproute2 procps gcc libc6-dev)
+TEST_PACKAGES=(qemu-system-x86 vde2 tshark socat iperf3 cpio gzip iproute2 procps gcc libc6-dev nftables busybox util-linux)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

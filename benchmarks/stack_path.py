@@ -15,8 +15,6 @@ a guest would (SYN frame, host connect reported done, handshake ACK). Then:
   second segment fed back. Microseconds per 1460-byte segment sent. On this path a byte is copied twice
   inside vmlan: from the kernel into the connection's send buffer (recv_into) and into the frame (one
   ``join`` of prefix, header and payload view).
-
-Prints the figures for the stack as built, and for the old stack (engines/usernet_old) while it exists.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from __future__ import annotations
 import argparse
 import struct
 import time
-from typing import Any
 
 from vmlan.config.qemuopts import parse_qemuopts
 from vmlan.config.usernet import parse_user_netdev, stack_config
@@ -133,46 +130,6 @@ def host_to_guest(segments: int) -> float:
     return elapsed / sent * 1e6
 
 
-def old_guest_to_host(segments: int) -> float | None:
-    try:
-        import vmlan.engines.usernet_old as old
-    except ImportError:
-        return None
-    from vmlan.engines.tcp import TcpParams
-
-    cfg = stack_config(parse_user_netdev(parse_qemuopts("user,id=u0,dns-server=127.0.0.1:53")), "/nonexistent")
-    old_cfg: Any = old.StackConfig(net=cfg.net, host=cfg.host, dns=cfg.dns, dhcp=cfg.dhcp, dns_config=cfg.dns_config,
-                                   tcp=TcpParams(mss=1460))
-    stack = old.UserStack(old_cfg)
-    now = 1.0
-    syn_opts = bytes((2, 4, 0x05, 0xB4, 1, 3, 3, 7))
-    stack.receive_frame(frame(1000, 0, 0x02, options=syn_opts), now)
-    relay = None
-    while (a := stack.next_action()) is not None:
-        if isinstance(a, old.TcpConnect):
-            relay = a.relay
-    assert relay is not None
-    stack.tcp_connected(relay, now)
-    iss = struct.unpack_from("!I", stack.frames_to_send()[-1], 38)[0]
-    stack.receive_frame(frame(1001, iss + 1, 0x10), now)
-    stack.frames_to_send()
-    payload = bytes(range(256)) * 5 + bytes(180)
-    seq = 1001
-    frames = []
-    for _ in range(segments):
-        frames.append(frame(seq, iss + 1, 0x10, payload))
-        seq += len(payload)
-    start = time.perf_counter()
-    for f in frames:
-        now += 0.00001
-        stack.receive_frame(f, now)
-        while (a := stack.next_action()) is not None:
-            if isinstance(a, old.TcpWrite):
-                stack.tcp_written(relay, len(a.data), now)
-        stack.frames_to_send()
-    return (time.perf_counter() - start) / segments * 1e6
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=20000)
@@ -182,9 +139,6 @@ def main() -> None:
     h2g = min(host_to_guest(args.segments) for _ in range(args.runs))
     print(f"guest->host, 1460-byte segments: {g2h:6.2f} us/segment through the whole stack")
     print(f"host->guest, 1460-byte segments: {h2g:6.2f} us/segment through the whole stack")
-    old = [r for r in (old_guest_to_host(args.segments) for _ in range(args.runs)) if r is not None]
-    if old:
-        print(f"guest->host, old stack:          {min(old):6.2f} us/segment ({min(old) / g2h:.2f}x the new one's cost)")
 
 
 if __name__ == "__main__":

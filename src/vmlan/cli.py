@@ -37,6 +37,9 @@ log = logging.getLogger("vmlan")
 USAGE = """\
 usage: vmlan run [options]
        vmlan plug [-g GROUP] [-m MODE] [--port N] [-D DESCR] [SOCKDIR]   (vmlan plug --help)
+       vmlan ns [--mtu N] [-netdev user,...] [--] CMD ARGS... | --attach PID   (vmlan ns --help)
+       vmlan daemon [options]          libvirt-style networks behind an HTTP+JSON API (see below)
+       vmlan [--socket PATH] COMMAND ARGS...   virsh-like commands, a client of the daemon
        vmlan --version
 
 vmlan run: QEMU's network backends as a standalone process.
@@ -61,13 +64,16 @@ vmlan run: QEMU's network backends as a standalone process.
 With no -netdev, serves QEMU's default network (-netdev user,id=user0: 10.0.2.0/24, DHCP from
 10.0.2.15) on hub 0 behind a unix stream socket, and prints how to attach QEMU to it.
 Send SIGUSR1 to print the equivalent of QEMU's 'info network' with per-port counters.
+
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE)
+        from vmlan.control.commands import USAGE as COMMANDS_USAGE
+
+        sys.stdout.write(USAGE + COMMANDS_USAGE)
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
         print(f"vmlan {__version__}")
@@ -76,6 +82,30 @@ def main(argv: list[str] | None = None) -> int:
         from vmlan.plug import main as plug_main
 
         return plug_main(args[1:])
+    if args[0] == "ns":
+        from vmlan.ns import main as ns_main
+
+        return ns_main(args[1:])
+    if args[0] == "daemon":
+        from vmlan.control.server import main as daemon_main
+
+        return daemon_main(args[1:])
+    sock = None
+    if args[0].startswith("--socket"):
+        name, eq, value = args[0].partition("=")
+        if name != "--socket" or (not eq and len(args) < 2):
+            sys.stderr.write("vmlan: --socket needs a path\n")
+            return 2
+        sock, args = (value, args[1:]) if eq else (args[1], args[2:])
+        if not args:
+            sys.stderr.write("vmlan: --socket PATH must be followed by a command\n")
+            return 2
+    from vmlan.control.commands import COMMANDS
+
+    if args[0] in COMMANDS:
+        from vmlan.control.commands import main as command_main
+
+        return command_main(args[0], args[1:], sock)
     if args[0] != "run":
         sys.stderr.write(f"vmlan: unknown command '{args[0]}' (try 'vmlan --help')\n")
         return 2

@@ -64,7 +64,17 @@ from vmlan.engines.dns import HOST_NAME, DnsConfig, read_resolv_conf
 from vmlan.engines.tcp import TcpParams
 from vmlan.engines.usernet.config import GuestForward, HostForward, Limits, StackConfig
 
-__all__ = ["GuestFwd", "HostFwd", "StaticLease", "UserNetdev", "inet_aton", "parse_user_netdev", "stack_config"]
+__all__ = [
+    "GuestFwd",
+    "HostFwd",
+    "StaticLease",
+    "UserNetdev",
+    "inet_aton",
+    "parse_hostfwd_remove",
+    "parse_hostfwd_rule",
+    "parse_user_netdev",
+    "stack_config",
+]
 
 log = logging.getLogger("vmlan")
 
@@ -313,6 +323,33 @@ def _parse_hostfwd(rule: str, net: IPv4Network, reserved: set[IPv4Address]) -> H
     if guest_port is None or not 1 <= guest_port <= 65535:
         raise fail("Bad guest port")
     return HostFwd(proto or "tcp", host_addr, host_port, guest_addr, guest_port, rule)
+
+
+def parse_hostfwd_rule(rule: str, user: UserNetdev) -> HostForward:
+    """A runtime ``hostfwd_add`` rule for the stack ``user`` (QEMU's syntax and messages), resolved: an
+    empty guest address is the first DHCP address."""
+    reserved = {user.host, user.dns}
+    if user.net.prefixlen < 31:
+        reserved |= {user.net.network_address, user.net.broadcast_address}
+    fwd = _parse_hostfwd(rule, user.net, reserved)
+    return HostForward(fwd.proto, fwd.host_addr, fwd.host_port, user.hostfwd_guest(fwd).packed, fwd.guest_port)
+
+
+def parse_hostfwd_remove(text: str) -> tuple[str, str, int]:
+    """``hostfwd_remove``'s ``[tcp|udp]:[hostaddr]:hostport`` -> (proto, host address or "", port)."""
+    proto, sep, rest = text.partition(":")
+    if not sep or proto not in ("", "tcp", "udp"):
+        raise ConfigError(f"Invalid format: '{text}' (expected [tcp|udp]:[hostaddr]:hostport)")
+    host_text, sep, port_text = rest.partition(":")
+    if not sep or not _PORT_RE.fullmatch(port_text) or int(port_text) > 65535:
+        raise ConfigError(f"Invalid format: '{text}' (expected [tcp|udp]:[hostaddr]:hostport)")
+    host = ""
+    if host_text:
+        parsed = inet_aton(host_text)
+        if parsed is None:
+            raise ConfigError(f"Invalid format: '{text}' (bad host address)")
+        host = str(parsed)
+    return proto or "tcp", host, int(port_text)
 
 
 def _parse_guestfwd(rule: str) -> tuple[IPv4Address | None, int, str | tuple[str, int]]:

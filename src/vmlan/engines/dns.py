@@ -53,6 +53,7 @@ work stays bounded whatever a guest sends (see :mod:`vmlan.wire.dns`).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import secrets
 import struct
@@ -359,6 +360,13 @@ class DnsForwarder:
         if not self._pending:
             return None
         return next(iter(self._pending.values())).deadline
+
+    def set_static(self, static: Mapping[str, Sequence[str]]) -> None:
+        """Replace the names answered locally while running (the host names stay); raises DnsError for a
+        bad table, leaving the old one in place."""
+        cfg = dataclasses.replace(self.cfg, static=dict(static))
+        self._answers = cfg.answers()
+        self.cfg = cfg
 
     def pending(self, guest: Hashable | None = None) -> int:
         """Queries waiting upstream: all of them, or those counted under ``guest``."""

@@ -53,7 +53,8 @@ IP_RECVERR = 11  # <linux/in.h>; the socket module does not export it
 SO_EE_ORIGIN_ICMP = 2
 _EE = struct.Struct("=IBBBBII")
 _LINGER_ABORT = struct.pack("ii", 1, 0)
-_RAW = "raw"
+# sendto() errors that mean the datagram cannot go anywhere: ICMP destination unreachable codes (RFC 1812)
+_UNREACH_CODE = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.EACCES: 13, errno.EPERM: 13}
 
 
 class _HostTcp:
@@ -89,6 +90,7 @@ class UserNetPort(Port):
         "_raw_flows",
         "_raw_icmp",
         "_raw_icmp_failed",
+        "_raw_ident",
         "_tcp",
         "_timer",
         "_timer_at",
@@ -121,12 +123,13 @@ class UserNetPort(Port):
         self._timer_at = math.inf
         self._tcp: dict[int, _HostTcp] = {}
         self._udp: dict[int, socket.socket] = {}
-        self._pings: dict[int, socket.socket | str] = {}
+        self._pings: dict[int, socket.socket | int] = {}  # a ping socket, or our identifier on the raw one
         self._raw_icmp: socket.socket | None = None
         self._raw_icmp_failed = False
-        self._raw_flows: dict[tuple[str, int], tuple[int, int]] = {}  # (dst, ident) -> (fid, ident)
+        self._raw_flows: dict[tuple[str, int], int] = {}  # (dst, our identifier on the raw socket) -> fid
+        self._raw_ident = int.from_bytes(os.urandom(2), "big")
         self._lingering: set[_HostTcp] = set()
-        self._fwd_socks: list[socket.socket] = []
+        self._fwd_socks: dict[int, socket.socket] = {}
         self._leases_timer: asyncio.TimerHandle | None = None
         self._udp_buf = bytearray(UDP_BUFSIZE)
         self._udp_view = memoryview(self._udp_buf)
@@ -166,32 +169,74 @@ class UserNetPort(Port):
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        for index, rule in enumerate(self.stack.cfg.hostfwd):
-            kind = socket.SOCK_STREAM if rule.proto == "tcp" else socket.SOCK_DGRAM
-            sock = socket.socket(socket.AF_INET, kind)
+        for index, rule in list(self.stack.hostfwd.items()):
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
-                if kind == socket.SOCK_STREAM:
-                    sock.listen(64)
-                sock.setblocking(False)
-            except OSError as exc:
-                sock.close()
+                self._listen(index, rule)
+            except LinkError:
                 self.close()
-                raise LinkError(
-                    f"-netdev user,id={self.name}: could not set up host forwarding rule "
-                    f"'{rule.proto}:{rule.host_addr}:{rule.host_port}': {exc.strerror}"
-                ) from None
-            self._fwd_socks.append(sock)
+                raise
+
+    def _listen(self, index: int, rule: HostForward) -> int:
+        """Open the host socket of rule ``index``; returns the bound port (a rule may ask for port 0)."""
+        kind = socket.SOCK_STREAM if rule.proto == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(socket.AF_INET, kind)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
             if kind == socket.SOCK_STREAM:
-                self._loop.add_reader(sock.fileno(), self._on_fwd_accept, index, sock)
-            else:
-                self._loop.add_reader(sock.fileno(), self._on_fwd_datagram, index, sock)
-            log.info("%s: forwarding %s %s:%d -> guest %s:%d", self.label, rule.proto, rule.host_addr or "*",
-                     sock.getsockname()[1], socket.inet_ntoa(rule.guest_addr), rule.guest_port)
+                sock.listen(64)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise LinkError(
+                f"-netdev user,id={self.name}: could not set up host forwarding rule "
+                f"'{rule.proto}:{rule.host_addr}:{rule.host_port}': {exc.strerror}"
+            ) from None
+        self._fwd_socks[index] = sock
+        if kind == socket.SOCK_STREAM:
+            self._loop.add_reader(sock.fileno(), self._on_fwd_accept, index, sock)
+        else:
+            self._loop.add_reader(sock.fileno(), self._on_fwd_datagram, index, sock)
+        port: int = sock.getsockname()[1]
+        log.info("%s: forwarding %s %s:%d -> guest %s:%d", self.label, rule.proto, rule.host_addr or "*", port,
+                 socket.inet_ntoa(rule.guest_addr), rule.guest_port)
+        return port
+
+    def add_hostfwd(self, rule: HostForward) -> int:
+        """QEMU's ``hostfwd_add``: listen for the rule now; returns the bound host port. A rule on a host
+        port another rule of this stack holds is refused with QEMU's message (LinkError)."""
+        for other_id, other in self.stack.hostfwd.items():
+            sock = self._fwd_socks.get(other_id)
+            bound = sock.getsockname()[1] if sock is not None else other.host_port
+            same_addr = rule.host_addr == other.host_addr or "" in (rule.host_addr, other.host_addr)
+            if rule.host_port and rule.proto == other.proto and rule.host_port == bound and same_addr:
+                raise LinkError(f"could not set up host forwarding rule '{rule.proto}:{rule.host_addr}:"
+                                f"{rule.host_port}': the port is already forwarded")
+        index = self.stack.add_hostfwd(rule)
+        try:
+            return self._listen(index, rule)
+        except LinkError:
+            self.stack.remove_hostfwd(index)
+            raise
+
+    def remove_hostfwd(self, proto: str, host_addr: str, host_port: int) -> bool:
+        """QEMU's ``hostfwd_remove``: True if a rule matched ("host forwarding rule for ... removed")."""
+        for index, rule in list(self.stack.hostfwd.items()):
+            sock = self._fwd_socks.get(index)
+            bound = sock.getsockname()[1] if sock is not None else rule.host_port
+            if rule.proto == proto and (rule.host_addr or "") == host_addr and host_port in (rule.host_port, bound):
+                if sock is not None:
+                    del self._fwd_socks[index]
+                    with contextlib.suppress(ValueError, OSError):
+                        self._loop.remove_reader(sock.fileno())
+                    sock.close()
+                self.stack.remove_hostfwd(index)
+                self._pump()
+                return True
+        return False
 
     def close(self) -> None:
-        for sock in self._fwd_socks:
+        for sock in self._fwd_socks.values():
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(sock.fileno())
             sock.close()
@@ -296,7 +341,10 @@ class UserNetPort(Port):
         sock.setblocking(False)
         host = _HostTcp(fid, sock)
         self._tcp[fid] = host
-        err = sock.connect_ex(target)
+        try:
+            err = sock.connect_ex(target)
+        except OSError as exc:  # socket.gaierror: a guestfwd host name that does not resolve
+            err = errno.EHOSTUNREACH if isinstance(exc, socket.gaierror) or not exc.errno else exc.errno
         if err in (0, errno.EINPROGRESS):
             host.connecting = True
             self._loop.add_writer(sock.fileno(), self._on_connect_done, host)
@@ -312,7 +360,8 @@ class UserNetPort(Port):
             self.stack.tcp_failed(fid, exc.errno or errno.EMFILE, self._loop.time())
             return
         try:
-            proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=theirs, stdout=theirs, close_fds=True)
+            proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=theirs.fileno(), stdout=theirs.fileno(),
+                                    close_fds=True)
         except OSError:
             ours.close()
             theirs.close()
@@ -539,9 +588,15 @@ class UserNetPort(Port):
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
-            self._udp_errors(fid, sock)  # a pending ICMP error surfaced here
-            with contextlib.suppress(OSError):
+            self._udp_errors(fid, sock)  # a pending ICMP error surfaced here: reported from the error queue
+            try:
                 sock.sendto(data, dst)
+            except OSError as exc:
+                # The host cannot send it at all (no route, an unreachable or prohibit route): tell the
+                # guest by ICMP, as libslirp does, instead of losing the datagram silently.
+                code = _UNREACH_CODE.get(exc.errno or 0)
+                if code is not None:
+                    self.stack.udp_error(fid, dst, code, self._loop.time())
 
     def _on_udp_readable(self, fid: int, sock: socket.socket) -> None:
         now = self._loop.time()
@@ -594,9 +649,10 @@ class UserNetPort(Port):
         self._pump()
 
     def _udp_fwd_reply(self, index: int, client: tuple[str, int], data: bytes) -> None:
-        if index < len(self._fwd_socks):
+        sock = self._fwd_socks.get(index)
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._fwd_socks[index].sendto(data, client)
+                sock.sendto(data, client)
 
     # -- DNS upstream ----------------------------------------------------------------------------------------
     def _dns_send(self, upstream: tuple[str, int], payload: bytes, tcp: bool) -> None:
@@ -609,8 +665,10 @@ class UserNetPort(Port):
     # -- ICMP echo -------------------------------------------------------------------------------------------
     def _ping_send(self, fid: int, family: int, dst: str, ident: int, seq: int, data: bytes) -> None:
         """An echo request toward the host's network: an unprivileged ping socket (allowed by
-        net.ipv4.ping_group_range), else one shared raw socket (CAP_NET_RAW), else dropped and counted."""
-        packet = bytearray(bytes([8, 0, 0, 0]) + ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + data)
+        net.ipv4.ping_group_range), else one shared raw socket (CAP_NET_RAW), else dropped and counted.
+
+        On the raw socket every flow gets an identifier of its own (what the kernel does for ping
+        sockets): two guests pinging one host with the same identifier must each get their own replies."""
         handle = self._pings.get(fid)
         if handle is None:
             try:
@@ -619,24 +677,32 @@ class UserNetPort(Port):
                 if self._raw_icmp_socket() is None:
                     self.ping_dropped += 1
                     return
-                handle = _RAW
-                self._raw_flows[(dst, ident)] = (fid, ident)
+                handle = self._new_raw_ident(dst)
+                self._raw_flows[(dst, handle)] = fid
             else:
                 sock.setblocking(False)
                 handle = sock
                 self._loop.add_reader(sock.fileno(), self._on_ping_readable, fid, sock)
             self._pings[fid] = handle
-        if handle is _RAW:
+        packet = bytearray(bytes([8, 0, 0, 0]) + ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + data)
+        if isinstance(handle, int):
             raw = self._raw_icmp
             if raw is None:
                 return
+            packet[4:6] = handle.to_bytes(2, "big")
             packet[2:4] = internet_checksum(packet).to_bytes(2, "big")  # the kernel fills it only for ping sockets
             with contextlib.suppress(OSError):
                 raw.sendto(packet, (dst, 0))
         else:
-            assert isinstance(handle, socket.socket)
             with contextlib.suppress(OSError):
                 handle.sendto(packet, (dst, 0))
+
+    def _new_raw_ident(self, dst: str) -> int:
+        for _ in range(0x10000):
+            self._raw_ident = (self._raw_ident + 1) & 0xFFFF
+            if (dst, self._raw_ident) not in self._raw_flows:
+                break
+        return self._raw_ident
 
     def _raw_icmp_socket(self) -> socket.socket | None:
         if self._raw_icmp is None and not self._raw_icmp_failed:
@@ -670,10 +736,10 @@ class UserNetPort(Port):
             if n < hlen + 8 or buf[hlen] != 0:
                 continue
             ident = int.from_bytes(buf[hlen + 4 : hlen + 6], "big")
-            entry = self._raw_flows.get((src[0], ident))
-            if entry is not None:
+            fid = self._raw_flows.get((src[0], ident))
+            if fid is not None:
                 seq = int.from_bytes(buf[hlen + 6 : hlen + 8], "big")
-                self.stack.ping_reply(entry[0], seq, bytes(view[hlen + 8 : n]), now)
+                self.stack.ping_reply(fid, seq, bytes(view[hlen + 8 : n]), now)
         self._pump()
 
     def _on_ping_readable(self, fid: int, sock: socket.socket) -> None:
@@ -693,8 +759,8 @@ class UserNetPort(Port):
 
     def _ping_close(self, fid: int) -> None:
         handle = self._pings.pop(fid, None)
-        if handle is _RAW:
-            for key, (owner, _ident) in list(self._raw_flows.items()):
+        if isinstance(handle, int):
+            for key, owner in list(self._raw_flows.items()):
                 if owner == fid:
                     del self._raw_flows[key]
         elif isinstance(handle, socket.socket):
@@ -709,8 +775,10 @@ class UserNetPort(Port):
     def forward_fds(self) -> list[tuple[HostForward, int, int]]:
         """(rule, fd, bound port) of every hostfwd listener."""
         out = []
-        for rule, sock in zip(self.stack.cfg.hostfwd, self._fwd_socks, strict=False):
-            out.append((rule, sock.fileno(), sock.getsockname()[1]))
+        for index, sock in self._fwd_socks.items():
+            rule = self.stack.hostfwd.get(index)
+            if rule is not None:
+                out.append((rule, sock.fileno(), sock.getsockname()[1]))
         return out
 
     def fd_of(self, fid: int) -> int:

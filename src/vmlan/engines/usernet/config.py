@@ -71,6 +71,7 @@ class StackConfig:
     host: IPv4Address = _DEFAULT_HOST
     dns: IPv4Address = _DEFAULT_DNS
     restrict: bool = False
+    restrict_local_dns: bool = False  # under restrict, the DNS address still answers its static names
     host_loopback: bool = True
     mtu: int = 1500
     dhcp: DhcpConfig | None = None

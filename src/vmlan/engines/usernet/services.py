@@ -9,7 +9,7 @@ the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from vmlan.engines.dhcp import DhcpServer, Lease
 from vmlan.engines.dns import DnsForwarder, Reply, SendUpstream, TcpDnsFramer
@@ -42,11 +42,14 @@ class Services:
 class DhcpService:
     """DHCP (engines/dhcp.py) for the guests: leases bind addresses to the requesting port's MAC."""
 
-    __slots__ = ("core", "server")
+    __slots__ = ("core", "on_change", "server")
 
     def __init__(self, core: Core, server: DhcpServer) -> None:
         self.core = core
         self.server = server
+        #: Called whenever a message changed the lease table, before its answer leaves (a daemon commits
+        #: the lease first, so a crash never forgets an address a guest was given).
+        self.on_change: Callable[[], None] | None = None
         server.in_use = self._in_use
         core.dhcp_holder = lambda ip: server.holder(ip, core.now)
 
@@ -59,7 +62,10 @@ class DhcpService:
         if sport != 68:
             self.core.counters.no_route += 1
             return
+        before = self.server.changed
         reply = self.server.handle(data, mac, now)
+        if self.server.changed != before and self.on_change is not None:
+            self.on_change()
         if reply is None:
             return
         core = self.core
@@ -119,7 +125,7 @@ class DnsService:
             elif isinstance(action, Reply):
                 if action.upstream_id is not None:
                     core.actions.append((A.DNS_FORGET, action.upstream_id))
-                client = action.client
+                client = cast("tuple[Any, ...]", action.client)  # ("udp", ip, port) or ("tcp", fid), as queried
                 if client[0] == "udp":
                     core.send_udp(core.dns_ip, 53, client[1], client[2], action.payload)
                 else:

@@ -19,6 +19,7 @@ kind (``faults``).
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -27,7 +28,7 @@ from vmlan.engines.dhcp import DhcpServer, Lease
 from vmlan.engines.dns import DnsForwarder
 from vmlan.engines.reassembly import Ipv4Reassembler
 from vmlan.engines.usernet.actions import Action
-from vmlan.engines.usernet.config import StackConfig
+from vmlan.engines.usernet.config import HostForward, StackConfig
 from vmlan.engines.usernet.core import Core
 from vmlan.engines.usernet.flows import INF
 from vmlan.engines.usernet.guests import Guest
@@ -53,8 +54,8 @@ _PORTS = struct.Struct("!HH")
 
 
 class UserStack:
-    __slots__ = ("_reassembly_timer", "core", "counters", "dhcp", "dns", "faults", "flows", "guests", "icmp",
-                 "neighbours", "reassembly", "services", "tcp", "udp")
+    __slots__ = ("_next_rule", "_reassembly_timer", "core", "counters", "dhcp", "dns", "faults", "flows", "guests",
+                 "hostfwd", "icmp", "neighbours", "reassembly", "services", "tcp", "udp")
 
     def __init__(
         self,
@@ -77,9 +78,14 @@ class UserStack:
         self.neighbours = Neighbours(core)
         self.dhcp = DhcpService(core, DhcpServer(cfg.dhcp, leases)) if cfg.dhcp is not None else None
         self.dns = None
-        if cfg.dns_config is not None and not cfg.restrict:
-            self.dns = DnsService(core, DnsForwarder(cfg.dns_config))
+        if cfg.dns_config is not None and (not cfg.restrict or cfg.restrict_local_dns):
+            dns_cfg = cfg.dns_config
+            if cfg.restrict:  # the local names only: nothing leaves the stack
+                dns_cfg = dataclasses.replace(dns_cfg, upstreams=())
+            self.dns = DnsService(core, DnsForwarder(dns_cfg))
         self.tcp = TcpNat(core, self.icmp, self.dns)
+        self.hostfwd: dict[int, HostForward] = dict(enumerate(cfg.hostfwd))
+        self._next_rule = len(cfg.hostfwd)
         limits = cfg.limits
         self.reassembly = Ipv4Reassembler(max_datagrams_per_owner=limits.frag_datagrams_per_guest,
                                           max_bytes_per_owner=limits.frag_bytes_per_guest)
@@ -173,6 +179,12 @@ class UserStack:
         if int.from_bytes(view[14 : 14 + ihl], "big") % 0xFFFF:
             core.counters.bad_ipv4 += 1
             return
+        l4 = view[14 + ihl : end]
+        if ihl != 20:  # the one unpack read the ports at offset 20: inside the options
+            sport = dport = 0
+            if len(l4) >= 4:
+                sport = (l4[0] << 8) | l4[1]
+                dport = (l4[2] << 8) | l4[3]
         if guest.ip_of.get(mac) != src:
             if src == _ZERO4:
                 if proto != 17 or dport != 67 or frag & 0x3FFF:
@@ -184,10 +196,6 @@ class UserStack:
         if frag & 0x3FFF:
             self._fragment(guest, mac, frame, now)
             return
-        l4 = view[14 + ihl : end]
-        if ihl != 20 and len(l4) >= 4:
-            sport = (l4[0] << 8) | l4[1]
-            dport = (l4[2] << 8) | l4[3]
         vouched = offload is not None and bool(offload.flags & _L4_VOUCHED)
         if proto == 6:
             if len(l4) < 20:
@@ -336,16 +344,33 @@ class UserStack:
         self.core.now = now
         self._guarded("udp error", self.udp.error, fid, dst, code, now)
 
+    # -- host forwards (QEMU's hostfwd=, hostfwd_add, hostfwd_remove) -----------------------------------------
+    def add_hostfwd(self, rule: HostForward) -> int:
+        """A new forwarding rule; returns its id (the I/O layer listens, then reports clients by id)."""
+        ident = self._next_rule
+        self._next_rule += 1
+        self.hostfwd[ident] = rule
+        return ident
+
+    def remove_hostfwd(self, ident: int) -> None:
+        """The rule's listener is gone: no new clients. Its TCP connections live on (as in QEMU); its UDP
+        sessions end, since their answers would go out of the closed socket."""
+        if self.hostfwd.pop(ident, None) is not None:
+            self.udp.close_rule(ident)
+
     def hostfwd_tcp(self, index: int, client: tuple[str, int], now: float) -> int | None:
         self.core.now = now
-        rule = self.core.cfg.hostfwd[index]
+        rule = self.hostfwd.get(index)
+        if rule is None:
+            return None
         fid = self._guarded("hostfwd tcp", self.tcp.hostfwd, index, rule, client, now)
         return fid if isinstance(fid, int) else None
 
     def hostfwd_udp(self, index: int, client: tuple[str, int], data: BytesLike, now: float) -> None:
         self.core.now = now
-        rule = self.core.cfg.hostfwd[index]
-        self._guarded("hostfwd udp", self.udp.hostfwd, index, rule, client, data, now)
+        rule = self.hostfwd.get(index)
+        if rule is not None:
+            self._guarded("hostfwd udp", self.udp.hostfwd, index, rule, client, data, now)
 
     def dns_answer(self, payload: bytes, upstream: tuple[str, int], tcp: bool, now: float) -> None:
         self.core.now = now

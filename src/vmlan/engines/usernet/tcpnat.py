@@ -25,6 +25,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from vmlan.engines.tcp import (
+    TIME_WAIT,
     Closed,
     EndOfStream,
     Reset,
@@ -40,7 +41,7 @@ from vmlan.engines.usernet.services import DnsService, DnsTcpState
 from vmlan.wire import BytesLike, WireError
 from vmlan.wire.checksum import internet_checksum
 from vmlan.wire.icmp import ICMP_HOST_UNREACH, ICMP_NET_UNREACH
-from vmlan.wire.vnet import GSO_TCPV4, Offload
+from vmlan.wire.vnet import FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, Offload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,6 +74,7 @@ class TcpFlow(Flow):
     """One guest TCP connection: the engine, where its frames go, and what is on the far side."""
 
     __slots__ = (
+        "closed",
         "conn",
         "connecting",
         "dns",
@@ -80,12 +82,12 @@ class TcpFlow(Flow):
         "far",
         "guest_ip",
         "ip_base",
-        "closed",
         "key",
         "kind",
         "mac",
         "nat",
         "read_paused",
+        "released",
         "rule",
         "smac",
         "syn_quote",
@@ -108,6 +110,7 @@ class TcpFlow(Flow):
         self.connecting = False
         self.read_paused = False
         self.closed = False
+        self.released = False  # in TIME_WAIT: the host socket and the guest's share are given back
         self.rule = -1
         self.syn_quote = b""
         self.dns: DnsTcpState | None = None
@@ -132,7 +135,13 @@ class TcpFlow(Flow):
         ident = core.ident = (core.ident + 1) & 0xFFFF
         prefix = IPV4.frame_prefix(mac, self.smac, self.far, self.guest_ip, 6, n, ident, self.ip_base, DF)
         offload = None
-        if len(payload) > self.conn.send_mss:
+        if payload and self.conn.partial_checksum:  # the port finishes the checksum (and segments)
+            mss = self.conn.send_mss
+            if len(payload) > mss:
+                offload = Offload(FLAG_NEEDS_CSUM, GSO_TCPV4, 34 + len(header), mss, 34, 16)
+            else:
+                offload = Offload(FLAG_NEEDS_CSUM, GSO_NONE, 0, 0, 34, 16)
+        elif len(payload) > self.conn.send_mss:
             offload = Offload(0, GSO_TCPV4, 34 + len(header), self.conn.send_mss, 34, 16)
         core.frames.append((b"".join((prefix, header, payload)), offload))
 
@@ -192,14 +201,21 @@ class TcpNat:
     def _new(self, guest: Guest, mac: bytes, key: tuple[bytes, int, bytes, int], seg: memoryview, verified: bool,
              now: float) -> None:
         core = self.core
+        src, sport, dst, dport = key
+        # Validated before it means anything, a RST included: a corrupted segment is dropped, not answered.
+        off = (seg[12] >> 4) * 4
+        if off < 20 or off > len(seg) or sport == 0 or dport == 0 or (
+            not verified and internet_checksum(seg, IPV4.pseudo_sum(src, dst, 6) + len(seg))
+        ):
+            core.counters.bad_l4 += 1
+            return
         flags = seg[13]
         if flags & 0x04:
             return  # RST for nothing we know
-        src, sport, dst, dport = key
         if flags & 0x12 != 0x02:
             self._reset_for(src, dst, seg)  # not a bare SYN (RFC 9293 3.10.7.1)
             return
-        if sport == 0 or dport == 0 or not core.in_net(src):
+        if not core.in_net(src):
             core.counters.bad_l4 += 1
             return
         target: object
@@ -212,7 +228,7 @@ class TcpNat:
                 core.counters.tcp_refused_cap += 1
                 self._reset_for(src, dst, seg)
                 return
-        elif dst == core.dns_ip and dport == 53 and self.dns is not None and not core.cfg.restrict:
+        elif dst == core.dns_ip and dport == 53 and self.dns is not None:
             kind, target = SERVICE, None
             service = True
         elif core.cfg.restrict:
@@ -221,7 +237,7 @@ class TcpNat:
             return
         else:
             host = core.host_target(dst)
-            if host is None or dst == core.dns_ip:
+            if host is None or (dst == core.dns_ip and dst != core.host_ip):
                 core.counters.no_route += 1
                 self._reset_for(src, dst, seg)
                 return
@@ -239,7 +255,7 @@ class TcpNat:
             return
         isn = self.isn.isn(dst, dport, src, sport, now)
         try:
-            conn = TcpConnection.from_syn((dst, dport), (src, sport), seg, core.cfg.tcp, now, isn)
+            conn = TcpConnection.from_syn((dst, dport), (src, sport), seg, core.cfg.tcp, now, isn, verified=verified)
         except WireError:
             core.counters.bad_l4 += 1  # bad checksum or a malformed SYN: dropped, as any bad segment
             return
@@ -249,6 +265,7 @@ class TcpNat:
             conn.set_buffer_limits(MIN_BUFFER, MIN_BUFFER)
         if guest.tso:
             conn.set_tso(65535 - 40 - 40)
+            conn.set_partial_checksum(True)
         if service:
             flow.dns = DnsTcpState()
             conn.accept(now)
@@ -316,6 +333,8 @@ class TcpNat:
         conn.transmit(now, flow.emit)
         if flow.closed:
             return
+        if not flow.released and conn.state == TIME_WAIT:
+            self._release(flow)
         if flow.read_paused and conn.send_space() > 0:
             flow.read_paused = False
             core.actions.append((A.TCP_RESUME, flow.fid))
@@ -342,6 +361,22 @@ class TcpNat:
         core.flows.remove(flow)
         if self.by_key.get(flow.key) is flow:
             del self.by_key[flow.key]
+        if not flow.released:
+            self._give_back(flow)
+            if flow.kind != SERVICE:
+                core.actions.append((A.TCP_CLOSE, flow.fid, abortive))
+
+    def _release(self, flow: TcpFlow) -> None:
+        """TIME_WAIT: both directions are finished. The engine lingers (to ACK a retransmitted FIN) with
+        only the flow table's cap on it: the host socket closes now and the guest's share comes back, so a
+        guest opening and closing connections fast is not refused for TIME_WAITs (Linux's tw buckets
+        hold no socket either)."""
+        flow.released = True
+        self._give_back(flow)
+        if flow.kind != SERVICE:
+            self.core.actions.append((A.TCP_CLOSE, flow.fid, False))
+
+    def _give_back(self, flow: TcpFlow) -> None:
         guest = flow.guest
         if guest is not None:
             guest.tcp -= 1
@@ -352,8 +387,6 @@ class TcpNat:
         flow.connecting = False
         if flow.kind == HOSTFWD:
             self.fwd_count[flow.rule] -= 1
-        if flow.kind != SERVICE:
-            core.actions.append((A.TCP_CLOSE, flow.fid, abortive))
 
     def forget(self, flow: TcpFlow, now: float) -> None:
         """The guest left: reset the host side (the guest itself is gone)."""
@@ -490,6 +523,7 @@ class TcpNat:
             conn.set_buffer_limits(MIN_BUFFER, MIN_BUFFER)
         if guest is not None and guest.tso:
             conn.set_tso(65535 - 40 - 40)
+            conn.set_partial_checksum(True)
         self.after(flow, now)
         return flow.fid
 
@@ -529,3 +563,5 @@ class TcpNat:
                     f.conn.set_buffer_limits(p.rcv_buffer, p.snd_buffer)
         if flows:
             core.flows.arm(self.mem_timer, now + MEMORY_CHECK)
+        else:
+            self.pressure = False  # nothing holds memory: the next connection starts at full size

@@ -157,6 +157,11 @@ class Udp:
         core.flows.arm(session, now + session.timeout)
         core.send_udp(src, client[1], rule.guest_addr, rule.guest_port, data)
 
+    def close_rule(self, rule: int) -> None:
+        for session in [s for s in self.sessions.values() if s.rule == rule]:
+            self.close_session(session)
+        self.fwd_count.pop(rule, None)
+
     def close_session(self, session: UdpFwdSession) -> None:
         core = self.core
         if not core.flows.live(session):
@@ -164,4 +169,5 @@ class Udp:
         core.flows.remove(session)
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
-        self.fwd_count[session.rule] -= 1
+        if session.rule in self.fwd_count:
+            self.fwd_count[session.rule] -= 1
