@@ -1,9 +1,10 @@
 """Loopback servers for the interop tests: HTTP, UDP echo and DNS, each in daemon threads.
 
-Every server binds a 127.0.0.0/8 address only (``ValueError`` otherwise), port 0 by default (read the
-chosen one from ``.port``), starts on ``__enter__`` or ``start()``, stops on ``__exit__`` or ``stop()``,
-and records what it saw (with the client address, for hostfwd and source-address tests) behind a lock;
-``wait_*`` methods block until the records arrive. Standard library only.
+Every server binds a 127.0.0.0/8 address only (DnsServer also ``::1``; ``ValueError`` otherwise), port 0
+by default (read the chosen one from ``.port``), starts on ``__enter__`` or ``start()``, stops on
+``__exit__`` or ``stop()``, and records what it saw (with the client address, for hostfwd and
+source-address tests) behind a lock; ``wait_*`` methods block until the records arrive. Standard library
+only.
 
 ``HttpServer``
     ``GET /blob/<size>/<seed>``: ``size`` deterministic pseudo-random bytes, streamed (sha256:
@@ -14,8 +15,9 @@ and records what it saw (with the client address, for hostfwd and source-address
 ``UdpEchoServer``
     Sends every datagram back to its source; records :class:`Datagram` (source, size).
 ``DnsServer``
-    Answers A queries from ``records`` (name -> address or list of addresses, case-insensitive, trailing
-    dot optional) over UDP and TCP (2-byte length framing, several queries per connection) on the same
+    Binds 127.0.0.0/8 or ``::1`` (for IPv6 upstreams). Answers A queries from ``records`` (name -> address
+    or list of addresses, case-insensitive, trailing dot optional) over UDP and TCP (2-byte length
+    framing, several queries per connection) on the same
     port: NOERROR with the addresses, NOERROR with no answer for other types of a known name, NXDOMAIN
     otherwise, FORMERR for a malformed query. ``silent=True`` (settable at any time) records queries but
     answers none, for timeout tests. Records :class:`DnsQuery`. ``build_dns_query`` and
@@ -73,13 +75,14 @@ Address = tuple[str, int]
 _T = TypeVar("_T")
 
 
-def _check_loopback(host: str) -> None:
+def _check_loopback(host: str, ipv6: bool = False) -> None:
     try:
-        loopback = ipaddress.IPv4Address(host).is_loopback
+        addr = ipaddress.ip_address(host)
     except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"test servers bind 127.0.0.0/8 addresses only (got {host!r})")
+        addr = None
+    if addr is None or not addr.is_loopback or (addr.version == 6 and not ipv6):
+        also = " or ::1" if ipv6 else ""
+        raise ValueError(f"test servers bind 127.0.0.0/8 addresses{also} only (got {host!r})")
 
 
 class _Records:
@@ -591,9 +594,10 @@ class DnsServer(_ThreadedServer):
         silent: bool = False,
         ttl: int = 60,
     ) -> None:
-        _check_loopback(host)
+        _check_loopback(host, ipv6=True)
         self.host = host
         self.port = port
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         if records is None:
             records = {"test.vmlan.example.": "10.99.0.7"}
         self.records: dict[str, list[str]] = {}
@@ -621,10 +625,10 @@ class DnsServer(_ThreadedServer):
 
     def start(self) -> None:
         for _ in range(20):
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp = socket.socket(self.family, socket.SOCK_DGRAM)
             udp.bind((self.host, self.port))
             port = udp.getsockname()[1]
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp = socket.socket(self.family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 tcp.bind((self.host, port))

@@ -229,7 +229,7 @@ def test_udp_echo_burst():
 
 
 def _udp_ask(server: DnsServer, payload: bytes, timeout: float = 5) -> bytes:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(server.family, socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     try:
         sock.sendto(payload, server.address)
@@ -264,6 +264,24 @@ def test_dns_nxdomain_nodata_case_and_several_addresses():
             "test.vmlan.example.",
             "multi.example.",
         ]
+
+
+def test_dns_on_ipv6_loopback_over_udp_and_tcp():
+    """DnsServer also binds ::1 (an IPv6 upstream for dns-server=[::1]:PORT); the other servers do not."""
+    with DnsServer(host="::1") as server:
+        qid, rcode, addrs = parse_dns_response(_udp_ask(server, build_dns_query("test.vmlan.example", qid=5)))
+        assert (qid, rcode, addrs) == (5, 0, ["10.99.0.7"])
+        with socket.create_connection(server.address, timeout=5) as sock:
+            q = build_dns_query("test.vmlan.example", qid=6)
+            sock.sendall(struct.pack("!H", len(q)) + q)
+            reply = sock.recv(4096)
+        assert parse_dns_response(reply[2:])[:2] == (6, 0)
+        assert [(q.transport, q.client[0]) for q in server.wait_queries(2)] == [("udp", "::1"), ("tcp", "::1")]
+    for cls in (HttpServer, UdpEchoServer):
+        with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
+            cls(host="::1")
+    with pytest.raises(ValueError, match=r"::1"):
+        DnsServer(host="::")
 
 
 def test_dns_over_tcp_with_length_framing(dns_server):
