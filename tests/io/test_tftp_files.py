@@ -8,6 +8,7 @@ import errno
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,13 +209,17 @@ def test_symlink_swapped_in_while_resolving(tree: Path, files: DirectoryFiles) -
     thread = threading.Thread(target=flipper)
     thread.start()
     outcomes: set[bytes | int] = set()
+    deadline = time.monotonic() + 30
+    tries = 0
     try:
-        for _ in range(3000):
+        # at least 3000 tries, and on until both states were met (the race was really run)
+        while tries < 3000 or not {b"inside", ERR_ACCESS} <= outcomes:
+            assert time.monotonic() < deadline, f"the flips were never seen: {outcomes}"
             h = files.open("flip/file")
             outcomes.add(read_all(h) if isinstance(h, OpenFile) else h)
+            tries += 1
     finally:
         stop.set()
         thread.join()
     assert SECRET not in outcomes
     assert outcomes <= {b"inside", ERR_ACCESS, ERR_NOT_FOUND}
-    assert {b"inside", ERR_ACCESS} <= outcomes  # both states were met: the race was really run
