@@ -1,15 +1,19 @@
 """The TFTP server of ``-netdev user,tftp=DIR`` (read-only), as a sans-IO engine.
 
-QEMU (libslirp's tftp.c) serves DIR read-only at the gateway, port 69.  This engine serves the same
-files to the same clients and adds what libslirp lacks: retransmission (libslirp never resends; a lost
-DATA is only recovered by the client's duplicate ACK, which libslirp answers with the *next* block),
-the final ACK awaited, RFC 2349's timeout, RFC 7440's windowsize, block numbers past 65535, netascii,
-a TFTP error for a write request (libslirp ignores WRQs), and caps per guest.
+QEMU (libslirp's tftp.c) serves DIR read-only at the gateway, port 69: octet mode only (error 4
+otherwise), blksize (capped at 1428) and tsize, at most 20 transfers in all, each answered from port 69
+and reclaimable after 5 s without an ACK.  In the libslirp sources read (tftp.c of utmapp/libslirp and
+openSUSE/qemu-slirp) every ACK, whatever its block number, sends the *next* block, nothing is ever
+retransmitted, the session ends when the last block is sent (not acknowledged), and a WRQ gets no
+answer at all.  This engine serves the same files to the same clients and adds what that lacks:
+retransmission with backoff, ACKs matched to blocks, the final ACK awaited, RFC 2349's timeout, RFC
+7440's windowsize, netascii, a TFTP error for a write request, a port per transfer, caps per guest.
 
 Protocol, server side of a read (RFC 1350, options RFC 2347):
 
 * RRQ with no option we accept: DATA 1 goes at once.  With options (RFC 2348 blksize 8..65464, capped
-  at :attr:`TftpConfig.max_blksize`; RFC 2349 tsize, answered with the file size; RFC 2349 timeout
+  at :attr:`TftpConfig.max_blksize`; RFC 2349 tsize, answered with the file size whatever value the
+  request carries (it should be 0; atftp 0.8 sends "enable"); RFC 2349 timeout
   1..255 s; RFC 7440 windowsize, capped at :attr:`TftpConfig.max_windowsize` and so that a window is
   at most :attr:`TftpConfig.max_window_bytes`), an OACK lists the accepted ones and DATA 1 waits for
   ACK 0.  Unknown options and invalid values are left out of the OACK (RFC 2347: the client then
