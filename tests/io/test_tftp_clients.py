@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -113,10 +113,10 @@ class UdpTftpServer:
                 self._send(engine.handle_timer(clock()))
             for _, port in engine.take_closed():
                 if port != TFTP_PORT and not engine.has_port(port):  # the port may already serve another
-                    sock = self.sockets.pop(port, None)
-                    if sock is not None:
-                        self.sel.unregister(sock)
-                        sock.close()
+                    done = self.sockets.pop(port, None)
+                    if done is not None:
+                        self.sel.unregister(done)
+                        done.close()
 
     def _send(self, out: list[Datagram]) -> None:
         for client, port, payload in out:
@@ -130,7 +130,7 @@ class UdpTftpServer:
                 assert isinstance(packet, TftpOack)
                 self.oacks.append(dict(packet.options))
             try:
-                sock.sendto(payload, client)  # type: ignore[arg-type]
+                sock.sendto(payload, cast("tuple[str, int]", client))
             except OSError:
                 self.send_errors += 1
 
