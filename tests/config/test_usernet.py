@@ -1,6 +1,7 @@
 """``-netdev user`` options: QEMU's defaults and messages (net/slirp.c), vmlan's extensions and refusals."""
 
 import contextlib
+import ipaddress
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -58,6 +59,9 @@ def test_net_moves_host_dns_and_dhcpstart():
     assert nd.info == "net=192.168.76.0,restrict=off"
 
 
+DNS_SERVER_EXPECTS = "Parameter 'dns-server' expects IPV4[:PORT] or [IPV6]:PORT or IPV6"
+
+
 @pytest.mark.parametrize(
     ("value", "net"),
     [
@@ -112,9 +116,23 @@ def test_flags_and_strings():
 
 
 def test_ipv4_ipv6_switches():
-    assert parse("user,id=u,ipv6=off") == UserNetdev("u")
-    assert parse("user,id=u,ipv4=on,ipv6=off") == UserNetdev("u")
-    assert parse("user,id=u,ipv4=on") == UserNetdev("u")
+    """QEMU's net_init_slirp(): both by default; ipv6=on alone turns IPv4 off, ipv4=on alone IPv6."""
+    v4_only = UserNetdev("u", ipv6=False)
+    assert parse("user,id=u") == UserNetdev("u") and UserNetdev("u").ipv4 and UserNetdev("u").ipv6
+    assert parse("user,id=u,ipv6=off") == v4_only
+    assert parse("user,id=u,ipv4=on,ipv6=off") == v4_only
+    assert parse("user,id=u,ipv4=on") == v4_only
+    assert parse("user,id=u,ipv6=on") == UserNetdev("u", ipv4=False)
+    assert parse("user,id=u,ipv4=on,ipv6=on") == UserNetdev("u")
+    assert parse("user,id=u,ipv4=off") == UserNetdev("u", ipv4=False)
+
+
+def test_ipv6_addresses_default_to_the_prefix_and_follow_it():
+    nd = parse("user,id=u,ipv6-net=fd00:1:2:3::/64")
+    assert (str(nd.net6), str(nd.host6), str(nd.dns6)) == ("fd00:1:2:3::/64", "fd00:1:2:3::2", "fd00:1:2:3::3")
+    nd = parse("user,id=u,ipv6-prefix=fd00::,ipv6-prefixlen=48,ipv6-host=fd00::9,ipv6-dns=fd00::53")
+    assert (str(nd.net6), str(nd.host6), str(nd.dns6)) == ("fd00::/48", "fd00::9", "fd00::53")
+    assert parse("user,id=u").net6 == ipaddress.IPv6Network("fec0::/64")
 
 
 @pytest.mark.parametrize(
@@ -280,11 +298,15 @@ def test_dhcp_pool_skips_reserved_addresses():
         ("user,id=u,net=10.0.2.0/24,net=10.0.3.0/24", "Parameter 'net' given more than once"),
         ("user,id=u,hubid=-1", "Parameter 'hubid' expects a value in 0..2147483647 (got '-1')"),
         # ipv4 / ipv6
-        ("user,id=u,ipv6=on", "Parameter 'ipv6' value 'on' is not supported yet by vmlan: it has no IPv6"),
-        ("user,id=u,ipv6", "Parameter 'ipv6' value 'on' is not supported yet by vmlan"),
-        ("user,id=u,ipv4=off", "ipv4=off is not supported by vmlan: it has no IPv6 yet, so nothing would remain"),
-        ("user,id=u,ipv4=off,ipv6=off", "IPv4 and IPv6 disabled (ipv4=off, ipv6=off)"),
-        ("user,id=u,ipv4=off,net=10.0.2.0/24", "IPv4 disabled but netmask/host/dns provided (ipv4=off)"),
+        ("user,id=u,ipv4=off,ipv6=off", "IPv4 and IPv6 disabled"),
+        ("user,id=u,ipv4=off,net=10.0.2.0/24", "IPv4 disabled but netmask/host/dns provided"),
+        ("user,id=u,ipv6=off,ipv6-host=fec0::5", "IPv6 disabled but prefix/host6/dns6 provided"),
+        ("user,id=u,ipv6-net=fec0::/64,ipv6-prefix=fec0::", "Parameters 'ipv6-net' and 'ipv6-prefix'/'ipv6-prefixlen'"),
+        ("user,id=u,ipv6-prefix=nope", "Failed to parse IPv6 prefix (got 'nope')"),
+        ("user,id=u,ipv6-prefixlen=127", "Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126"),
+        ("user,id=u,ipv6-host=fd00::1", "IPv6 Host doesn't belong to network (ipv6-host=fd00::1, ipv6-net=fec0::/64)"),
+        ("user,id=u,ipv6-dns=x", "Failed to parse IPv6 DNS (ipv6-dns=x)"),
+        ("user,id=u,ipv6-dns=fec0::2", "IPv6 DNS must be different from IPv6 host"),
         ("user,id=u,ipv4=maybe", "Parameter 'ipv4' expects 'on' or 'off' (got 'maybe')"),
         # net= (net_slirp_init)
         ("user,id=u,net=", "Failed to parse netmask (net=)"),
@@ -348,9 +370,10 @@ def test_dhcp_pool_skips_reserved_addresses():
         ("user,id=u,mtu=big", "Parameter 'mtu' expects a number (got 'big')"),
         ("user,id=u,leases=", "Parameter 'leases' expects a file name (got '')"),
         # dns-server= / dns-static=
-        ("user,id=u,dns-server=resolver", "Parameter 'dns-server' expects IPV4[:PORT] (got 'resolver')"),
-        ("user,id=u,dns-server=1.1.1.1:0", "Parameter 'dns-server' expects IPV4[:PORT] (got '1.1.1.1:0')"),
-        ("user,id=u,dns-server=1.1.1.1:", "Parameter 'dns-server' expects IPV4[:PORT] (got '1.1.1.1:')"),
+        ("user,id=u,dns-server=resolver", f"{DNS_SERVER_EXPECTS} (got 'resolver')"),
+        ("user,id=u,dns-server=1.1.1.1:0", f"{DNS_SERVER_EXPECTS} (got '1.1.1.1:0')"),
+        ("user,id=u,dns-server=1.1.1.1:", f"{DNS_SERVER_EXPECTS} (got '1.1.1.1:')"),
+        ("user,id=u,dns-server=[::1", f"{DNS_SERVER_EXPECTS} (got '[::1')"),
         ("user,id=u,dns-static=name", "Parameter 'dns-static' expects NAME:IPV4 (got 'name')"),
         ("user,id=u,dns-static=name:10.0.2", "Parameter 'dns-static' expects NAME:IPV4 (got 'name:10.0.2')"),
         ("user,id=u,dns-static=bad name:10.0.2.9", "Parameter 'dns-static' expects a domain name (got 'bad name')"),
@@ -403,11 +426,6 @@ def test_errors_name_the_option_and_value(text, message):
 @pytest.mark.parametrize(
     "key",
     [
-        "ipv6-net",
-        "ipv6-prefix",
-        "ipv6-prefixlen",
-        "ipv6-host",
-        "ipv6-dns",
         "tftp",
         "tftp-server-name",
         "bootfile",

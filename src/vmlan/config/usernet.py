@@ -162,9 +162,11 @@ class UserNetdev:
         first = int(self.dhcp_start)
         return tuple(a for a in map(IPv4Address, range(first, first + self.pool)) if a not in taken)
 
-    def hostfwd_guest(self, fwd: HostFwd) -> IPv4Address:
+    def hostfwd_guest(self, fwd: HostFwd) -> IPv4Address | IPv6Address:
         """The guest address a forwarding rule targets (an empty guestaddr means the first DHCP address)."""
-        return self.dhcp_start if fwd.guest_addr is None else IPv4Address(fwd.guest_addr)
+        if fwd.guest_addr is None:
+            return self.dhcp_start
+        return IPv6Address(fwd.guest_addr) if ":" in fwd.guest_addr else IPv4Address(fwd.guest_addr)
 
 
 _SINGLE_KEYS = frozenset({"type", "id", "hubid", "net", "ip", "host", "dns", "dhcpstart", "ipv4", "ipv6", "restrict"})
@@ -289,7 +291,8 @@ def _parse_port_rule(text: str, base: int) -> int | None:
     return _strtol(text, base) if text else None
 
 
-def _parse_hostfwd(rule: str, net: IPv4Network, reserved: set[IPv4Address]) -> HostFwd:
+def _parse_hostfwd(rule: str, net: IPv4Network, reserved: set[IPv4Address],
+                   net6: IPv6Network | None = None) -> HostFwd:
     def fail(reason: str) -> ConfigError:
         return ConfigError(f"Invalid host forwarding rule '{rule}' ({reason})")
 
@@ -300,11 +303,22 @@ def _parse_hostfwd(rule: str, net: IPv4Network, reserved: set[IPv4Address]) -> H
         raise fail("unix: host sockets are not supported yet by vmlan (planned)")
     if proto not in ("", "tcp", "udp"):
         raise fail("Bad protocol name")
-    host_text, sep, rest = rest.partition(":")
+    v6 = rest.startswith("[")
+    if v6:  # vmlan: [IPV6]:port, as in a URL (QEMU's hostfwd is IPv4 only)
+        host_text, bracket, rest = rest[1:].partition("]")
+        sep = ":" if bracket and rest.startswith(":") else ""
+        rest = rest[1:]
+    else:
+        host_text, sep, rest = rest.partition(":")
     if not sep:
         raise fail("Missing : separator")
     host_addr = ""
-    if host_text:
+    if v6:
+        try:
+            host_addr = str(IPv6Address(host_text)) if host_text else "::"
+        except ValueError:
+            raise fail("Bad host address") from None
+    elif host_text:
         parsed = inet_aton(host_text)
         if parsed is None:
             raise fail("Bad host address")
@@ -315,6 +329,23 @@ def _parse_hostfwd(rule: str, net: IPv4Network, reserved: set[IPv4Address]) -> H
     host_port = _parse_port_rule(port_text, 0)
     if host_port is None or not 0 <= host_port <= 65535:
         raise fail("Bad host port")
+    if rest.startswith("["):
+        guest_text, bracket, port_text = rest[1:].partition("]")
+        if not bracket or not port_text.startswith(":"):
+            raise fail("Missing guest address")
+        port_text = port_text[1:]
+        try:
+            guest6 = IPv6Address(guest_text)
+        except ValueError:
+            raise fail("Bad guest address") from None
+        if net6 is None or guest6 not in net6:
+            raise fail(f"Bad guest address: {guest6} is not in the IPv6 prefix {net6}")
+        guest_port6 = _parse_port_rule(port_text, 0)
+        if guest_port6 is None or not 1 <= guest_port6 <= 65535:
+            raise fail("Bad guest port")
+        return HostFwd(proto or "tcp", host_addr, host_port, str(guest6), guest_port6, rule)
+    if v6:
+        raise fail("An IPv6 host address needs an IPv6 guest address ([ADDR]:PORT)")
     guest_text, sep, port_text = rest.partition(":")
     if not sep:
         raise fail("Missing guest address")
@@ -338,7 +369,7 @@ def parse_hostfwd_rule(rule: str, user: UserNetdev) -> HostForward:
     reserved = {user.host, user.dns}
     if user.net.prefixlen < 31:
         reserved |= {user.net.network_address, user.net.broadcast_address}
-    fwd = _parse_hostfwd(rule, user.net, reserved)
+    fwd = _parse_hostfwd(rule, user.net, reserved, user.net6 if user.ipv6 else None)
     return HostForward(fwd.proto, fwd.host_addr, fwd.host_port, user.hostfwd_guest(fwd).packed, fwd.guest_port)
 
 
@@ -598,7 +629,7 @@ def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
 
     hostfwds: list[HostFwd] = []
     for rule in lists["hostfwd"]:
-        fwd = _parse_hostfwd(rule, net, reserved)
+        fwd = _parse_hostfwd(rule, net, reserved, net6 if ipv6 else None)
         for other in hostfwds:
             anys = ("", "0.0.0.0")
             same_addr = fwd.host_addr == other.host_addr or fwd.host_addr in anys or other.host_addr in anys

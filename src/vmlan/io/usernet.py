@@ -51,10 +51,13 @@ DRAIN_LIMIT = 64  # datagrams read from one socket per wakeup
 ACCEPT_LIMIT = 16  # hostfwd connections accepted per wakeup
 IP_RECVERR = 11  # <linux/in.h>; the socket module does not export it
 SO_EE_ORIGIN_ICMP = 2
+IPV6_RECVERR = 25  # <linux/in6.h>
+SO_EE_ORIGIN_ICMP6 = 3
 _EE = struct.Struct("=IBBBBII")
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 # sendto() errors that mean the datagram cannot go anywhere: ICMP destination unreachable codes (RFC 1812)
 _UNREACH_CODE = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.EACCES: 13, errno.EPERM: 13}
+_UNREACH_CODE6 = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 3, errno.EACCES: 1, errno.EPERM: 1}  # RFC 4443 3.1
 
 
 class _HostTcp:
@@ -179,10 +182,13 @@ class UserNetPort(Port):
     def _listen(self, index: int, rule: HostForward) -> int:
         """Open the host socket of rule ``index``; returns the bound port (a rule may ask for port 0)."""
         kind = socket.SOCK_STREAM if rule.proto == "tcp" else socket.SOCK_DGRAM
-        sock = socket.socket(socket.AF_INET, kind)
+        v6 = ":" in rule.host_addr or len(rule.guest_addr) == 16
+        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((rule.host_addr or "0.0.0.0", rule.host_port))
+            if v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((rule.host_addr or ("::" if v6 else "0.0.0.0"), rule.host_port))
             if kind == socket.SOCK_STREAM:
                 sock.listen(64)
             sock.setblocking(False)
@@ -198,8 +204,9 @@ class UserNetPort(Port):
         else:
             self._loop.add_reader(sock.fileno(), self._on_fwd_datagram, index, sock)
         port: int = sock.getsockname()[1]
+        guest = socket.inet_ntop(socket.AF_INET6 if len(rule.guest_addr) == 16 else socket.AF_INET, rule.guest_addr)
         log.info("%s: forwarding %s %s:%d -> guest %s:%d", self.label, rule.proto, rule.host_addr or "*", port,
-                 socket.inet_ntoa(rule.guest_addr), rule.guest_port)
+                 guest, rule.guest_port)
         return port
 
     def add_hostfwd(self, rule: HostForward) -> int:
@@ -580,7 +587,10 @@ class UserNetPort(Port):
             sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
             sock.setblocking(False)
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+                if family == 4:
+                    sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             self._udp[fid] = sock
             self._loop.add_reader(sock.fileno(), self._on_udp_readable, fid, sock)
         try:
@@ -594,7 +604,7 @@ class UserNetPort(Port):
             except OSError as exc:
                 # The host cannot send it at all (no route, an unreachable or prohibit route): tell the
                 # guest by ICMP, as libslirp does, instead of losing the datagram silently.
-                code = _UNREACH_CODE.get(exc.errno or 0)
+                code = (_UNREACH_CODE if family == 4 else _UNREACH_CODE6).get(exc.errno or 0)
                 if code is not None:
                     self.stack.udp_error(fid, dst, code, self._loop.time())
 
@@ -623,10 +633,16 @@ class UserNetPort(Port):
             except OSError:
                 return
             for level, kind, cdata in ancdata:
-                if level == socket.SOL_IP and kind == IP_RECVERR and len(cdata) >= _EE.size:
-                    _errno, origin, icmp_type, code, _pad, _info, _d = _EE.unpack_from(cdata)
-                    if origin == SO_EE_ORIGIN_ICMP and icmp_type == 3 and isinstance(addr, tuple):
-                        self.stack.udp_error(fid, (addr[0], addr[1]), code, now)
+                if len(cdata) < _EE.size:
+                    continue
+                _errno, origin, icmp_type, code, _pad, _info, _d = _EE.unpack_from(cdata)
+                if not isinstance(addr, tuple):
+                    continue
+                unreachable4 = level == socket.SOL_IP and kind == IP_RECVERR and origin == SO_EE_ORIGIN_ICMP
+                unreachable6 = level == socket.IPPROTO_IPV6 and kind == IPV6_RECVERR and origin == SO_EE_ORIGIN_ICMP6
+                # destination unreachable (ICMP type 3, ICMPv6 type 1): the code goes to the guest as it is
+                if (unreachable4 and icmp_type == 3) or (unreachable6 and icmp_type == 1):
+                    self.stack.udp_error(fid, (addr[0], addr[1]), code, now)
 
     def _udp_close(self, fid: int) -> None:
         sock = self._udp.pop(fid, None)
@@ -670,6 +686,9 @@ class UserNetPort(Port):
         On the raw socket every flow gets an identifier of its own (what the kernel does for ping
         sockets): two guests pinging one host with the same identifier must each get their own replies."""
         handle = self._pings.get(fid)
+        if family == 6:
+            self._ping6_send(fid, dst, ident, seq, data, handle)
+            return
         if handle is None:
             try:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
@@ -694,6 +713,25 @@ class UserNetPort(Port):
             with contextlib.suppress(OSError):
                 raw.sendto(packet, (dst, 0))
         else:
+            with contextlib.suppress(OSError):
+                handle.sendto(packet, (dst, 0))
+
+    def _ping6_send(self, fid: int, dst: str, ident: int, seq: int, data: bytes,
+                    handle: socket.socket | int | None) -> None:
+        """ICMPv6 echo through an unprivileged IPv6 ping socket (the same ping_group_range); no raw
+        fallback: without one the request is dropped and counted."""
+        if handle is None:
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+            except OSError:
+                self.ping_dropped += 1
+                return
+            sock.setblocking(False)
+            handle = sock
+            self._pings[fid] = sock
+            self._loop.add_reader(sock.fileno(), self._on_ping_readable, fid, sock)
+        if isinstance(handle, socket.socket):
+            packet = bytes([128, 0, 0, 0]) + ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + data
             with contextlib.suppress(OSError):
                 handle.sendto(packet, (dst, 0))
 
@@ -753,7 +791,7 @@ class UserNetPort(Port):
                 break
             except OSError:
                 continue
-            if n >= 8 and buf[0] == 0:
+            if n >= 8 and buf[0] in (0, 129):  # echo reply, ICMP or ICMPv6
                 self.stack.ping_reply(fid, int.from_bytes(buf[6:8], "big"), bytes(view[8:n]), now)
         self._pump()
 

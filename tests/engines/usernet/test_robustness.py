@@ -62,11 +62,18 @@ def test_a_lone_fragment_is_held_and_unknown_protocols_are_dropped() -> None:
     assert net.stack.reassembly.datagrams_held == 1
 
 
-@pytest.mark.parametrize("ethertype", [0x86DD, 0x8100, 0x88CC])
+@pytest.mark.parametrize("ethertype", [0x8100, 0x88CC])
 def test_other_ethertypes_are_counted_as_unsupported(ethertype: int) -> None:
     net = StackNet()
     a = net.guest()
     net.send(a.port, Ether(src=a.mac, dst="52:55:0a:00:02:02", type=ethertype) / Raw(b"\0" * 46))
+    assert net.frames() == [] and net.stack.counters.unsupported == 1
+
+
+def test_ipv6_with_ipv6_off_is_counted_as_unsupported() -> None:
+    net = StackNet("ipv6=off")
+    a = net.guest()
+    net.send(a.port, Ether(src=a.mac, dst="52:55:0a:00:02:02", type=0x86DD) / Raw(b"\0" * 46))
     assert net.frames() == [] and net.stack.counters.unsupported == 1
 
 

@@ -8,7 +8,7 @@ the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from vmlan.engines.dhcp import DhcpServer, Lease
@@ -162,7 +162,7 @@ class Dhcpv6Service:
 
     __slots__ = ("core", "dns_search", "dropped", "duid", "replies")
 
-    def __init__(self, core: Core, dnssearch: tuple[str, ...]) -> None:
+    def __init__(self, core: Core, dnssearch: Sequence[str]) -> None:
         from vmlan.engines.usernet.core import LINK_LOCAL_ROUTER, virtual_mac
 
         self.core = core
