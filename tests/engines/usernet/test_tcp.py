@@ -433,7 +433,7 @@ def test_toward_a_port_with_offloads_data_carries_only_the_pseudo_header_sum() -
     frames a port without offloads gets are completed in software (and check out with scapy)."""
     net = StackNet()
     a = net.guest(offload_ok=True)
-    g, fid = open_tcp(net, a)
+    _g, fid = open_tcp(net, a)
     assert net.stack.tcp_fill(fid, reader_of(b"x" * 3000), net.now) == 3000
     raw = [(f, off) for f, off in net.raw_frames() if len(f) > 54]
     assert raw
