@@ -125,6 +125,11 @@ class UserNetdev:
     dns: IPv4Address = _DEFAULT_DNS
     dhcp_start: IPv4Address = _DEFAULT_DHCP
     pool: int = NB_BOOTP_CLIENTS
+    tftp: str | None = None  # tftp=DIR
+    bootfile: str | None = None
+    tftp_server_name: str | None = None
+    smb: str | None = None  # smb=DIR
+    smbserver: IPv4Address | None = None  # default net|.4
     ipv4: bool = True
     ipv6: bool = True
     net6: IPv6Network = DEFAULT_NET6
@@ -184,7 +189,8 @@ _LIMIT_KEYS = {
 _SINGLE_KEYS |= set(_LIMIT_KEYS)
 _LIST_KEYS = frozenset({"dnssearch", "hostfwd", "guestfwd", "dns-server", "dns-static", "lease-static"})
 _SINGLE_KEYS |= {"ipv6-net", "ipv6-prefix", "ipv6-prefixlen", "ipv6-host", "ipv6-dns"}
-_PLANNED_KEYS = frozenset({"tftp", "tftp-server-name", "bootfile", "smb", "smbserver"})
+_SINGLE_KEYS |= {"tftp", "tftp-server-name", "bootfile", "smb", "smbserver"}
+_PLANNED_KEYS: frozenset[str] = frozenset()
 
 _INET_PART = re.compile(r"0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
@@ -695,6 +701,29 @@ def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
                 raise ConfigError(f"Parameter 'lease-static' gives {addr} to both {lease.mac} and {mac}")
         leases.append(StaticLease(mac, addr))
 
+    tftp = opts.get("tftp") or None
+    bootfile = opts.get("bootfile") or None
+    tftp_server_name = opts.get("tftp-server-name") or None
+    if tftp_server_name is not None and _nbytes(tftp_server_name) > 255:
+        raise ConfigError(f"'tftp-server-name' parameter cannot exceed 255 bytes (tftp-server-name= has "
+                          f"{_nbytes(tftp_server_name)})")
+    if bootfile is not None and (not bootfile.isascii() or len(bootfile) > 127):
+        raise ConfigError(f"Parameter 'bootfile' expects 1..127 ASCII characters, the BOOTP file field "
+                          f"(got '{bootfile}')")
+    smb = opts.get("smb") or None
+    smbserver: IPv4Address | None = None
+    if smb is not None:
+        smbserver = IPv4Address(base | (0x0204 & hostmask))
+        if "smbserver" in opts:
+            parsed = inet_aton(opts["smbserver"])
+            if parsed is None:
+                raise ConfigError(f"Failed to parse SMB address (smbserver={opts['smbserver']})")
+            smbserver = parsed
+        if smbserver not in net or smbserver in reserved:
+            raise ConfigError(f"Parameter 'smbserver' must be a free address of net {net} (got {smbserver})")
+    elif "smbserver" in opts:
+        raise ConfigError("Parameter 'smbserver' needs smb=DIR")
+
     limit_values = {
         field_name: parse_uint(key, opts[key], low, high) * scale
         for key, (field_name, low, high, scale) in _LIMIT_KEYS.items()
@@ -726,6 +755,11 @@ def parse_user_netdev(pairs: list[tuple[str, str]]) -> UserNetdev:
         net6=net6,
         host6=host6,
         dns6=dns6,
+        tftp=tftp,
+        bootfile=bootfile,
+        tftp_server_name=tftp_server_name,
+        smb=smb,
+        smbserver=smbserver,
     )
 
 
@@ -747,6 +781,8 @@ def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfi
         dnssearch=tuple(user.dnssearch),
         mtu=user.mtu,
         static_leases={lease.mac: str(lease.addr) for lease in user.static_leases},
+        bootfile=user.bootfile,
+        tftp_server_name=user.tftp_server_name,
     )
     upstreams = list(user.dns_servers)
     if not upstreams:
@@ -775,6 +811,9 @@ def stack_config(user: UserNetdev, resolv_conf: str = RESOLV_CONF) -> StackConfi
         net6=user.net6,
         host6=user.host6,
         dns6=user.dns6,
+        tftp_dir=user.tftp,
+        smb_dir=user.smb,
+        smbserver=user.smbserver,
         restrict=user.restrict,
         host_loopback=user.host_loopback,
         mtu=user.mtu,

@@ -47,6 +47,7 @@ from vmlan.wire.dhcp import (
     DHCPRELEASE,
     DHCPREQUEST,
     FLAG_BROADCAST,
+    OPT_BOOTFILE,
     OPT_DNS,
     OPT_DOMAIN_NAME,
     OPT_DOMAIN_SEARCH,
@@ -551,6 +552,7 @@ class DhcpServer:
             (OPT_HOSTNAME, cfg.hostname),
             (OPT_DOMAIN_NAME, cfg.domainname),
             (OPT_TFTP_SERVER, cfg.tftp_server_name),
+            (OPT_BOOTFILE, cfg.bootfile),  # also in the BOOTP file field (iPXE and PXE ROMs read either)
         ):
             data = _text_option(str(code), text)
             if data is not None:

@@ -34,7 +34,9 @@ from vmlan.engines.usernet import HostForward, StackConfig, UserStack
 from vmlan.engines.usernet import actions as A
 from vmlan.io.dns import DnsUpstreams
 from vmlan.io.errors import LinkError
+from vmlan.io.smb import SmbError, SmbServer
 from vmlan.io.sockopt import accept_pending
+from vmlan.io.tftp_files import DirectoryFiles
 from vmlan.lan import Port
 from vmlan.wire import BytesLike, WireError
 from vmlan.wire.checksum import internet_checksum
@@ -94,7 +96,9 @@ class UserNetPort(Port):
         "_raw_icmp",
         "_raw_icmp_failed",
         "_raw_ident",
+        "_smb",
         "_tcp",
+        "_tftp_files",
         "_timer",
         "_timer_at",
         "_udp",
@@ -118,7 +122,15 @@ class UserNetPort(Port):
         self.leases_path = user.leases_file
         leases = _load_leases(self.leases_path, loop.time()) if self.leases_path else []
         cfg = stack_cfg if stack_cfg is not None else stack_config(user)
-        self.stack = UserStack(cfg, leases, port_tso=lambda port: bool(getattr(port, "offload_ok", False)))
+        self._tftp_files: DirectoryFiles | None = None
+        if cfg.tftp_dir is not None:
+            try:
+                self._tftp_files = DirectoryFiles(cfg.tftp_dir)
+            except OSError as exc:
+                raise LinkError(f"-netdev user,id={user.id}: tftp={cfg.tftp_dir}: {exc.strerror or exc}") from None
+        self._smb: SmbServer | None = SmbServer(cfg.smb_dir, loop=loop) if cfg.smb_dir is not None else None
+        self.stack = UserStack(cfg, leases, port_tso=lambda port: bool(getattr(port, "offload_ok", False)),
+                               tftp_files=self._tftp_files)
         self.stack.faults.on_new = self._log_fault
         self._leases_saved = self.stack.dhcp.server.changed if self.stack.dhcp is not None else 0
         self._pumping = False
@@ -172,12 +184,17 @@ class UserNetPort(Port):
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        for index, rule in list(self.stack.hostfwd.items()):
-            try:
+        try:
+            if self._smb is not None:
+                try:
+                    self._smb.start()
+                except LinkError as exc:
+                    raise LinkError(f"-netdev user,id={self.name}: {exc}") from None
+            for index, rule in list(self.stack.hostfwd.items()):
                 self._listen(index, rule)
-            except LinkError:
-                self.close()
-                raise
+        except LinkError:
+            self.close()
+            raise
 
     def _listen(self, index: int, rule: HostForward) -> int:
         """Open the host socket of rule ``index``; returns the bound port (a rule may ask for port 0)."""
@@ -243,6 +260,10 @@ class UserNetPort(Port):
         return False
 
     def close(self) -> None:
+        if self._smb is not None:
+            self._smb.close()
+        if self._tftp_files is not None:
+            self._tftp_files.close()
         for sock in self._fwd_socks.values():
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(sock.fileno())
@@ -336,7 +357,10 @@ class UserNetPort(Port):
         self._pump()
 
     # -- TCP ---------------------------------------------------------------------------------------------------
-    def _tcp_connect(self, fid: int, family: int, target: tuple[str, int] | str) -> None:
+    def _tcp_connect(self, fid: int, family: int, target: tuple[str, int] | str | A.Service) -> None:
+        if isinstance(target, A.Service):
+            self._connect_smb(fid)
+            return
         if isinstance(target, str):
             self._spawn_guestfwd(fid, target)
             return
@@ -358,6 +382,23 @@ class UserNetPort(Port):
             host.timer = self._loop.call_later(CONNECT_TIMEOUT, self._on_connect_timeout, host)
         else:
             self._connect_failed(host, err)
+
+    def _connect_smb(self, fid: int) -> None:
+        """smb=DIR: this connection gets an smbd of its own, over a loopback TCP pair (io/smb.py)."""
+        smb = self._smb
+        if smb is None:
+            self.stack.tcp_failed(fid, errno.ECONNREFUSED, self._loop.time())
+            return
+        try:
+            sock = smb.connect()
+        except SmbError as exc:
+            log.info("%s: smb: %s", self.label, exc)
+            self.stack.tcp_failed(fid, exc.errno, self._loop.time())
+            return
+        host = _HostTcp(fid, sock)
+        self._tcp[fid] = host
+        self.stack.tcp_connected(fid, self._loop.time())
+        self._start_reading(host)
 
     def _spawn_guestfwd(self, fid: int, command: str) -> None:
         """guestfwd=...-cmd:COMMAND: the command's stdin/stdout is the connection (as QEMU's cmd:)."""

@@ -7,7 +7,7 @@ objects, because a guest->host TCP segment produces one on the hot path.
 =================  ===========================================================================
 kind               items after the kind
 =================  ===========================================================================
-TCP_CONNECT        fid, family (4|6), target: (host, port) or a shell command (guestfwd cmd:)
+TCP_CONNECT        fid, family (4|6), target: (host, port), a shell command (guestfwd cmd:) or a Service
 TCP_WRITE          fid, data (a bytearray the I/O layer may keep); report with ``tcp_written``
 TCP_SHUTDOWN       fid: the guest sent FIN (shut the host socket's write side once written)
 TCP_CLOSE          fid, abortive (True: the guest reset: close with SO_LINGER 0, the host peer gets RST)
@@ -24,7 +24,13 @@ PING_CLOSE         fid
 
 from __future__ import annotations
 
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
+
+
+class Service(NamedTuple):
+    """A TCP_CONNECT target that is one of the host's helpers rather than an address (``smb``)."""
+
+    name: str
 
 TCP_CONNECT: Final = 1
 TCP_WRITE: Final = 2

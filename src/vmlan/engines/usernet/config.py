@@ -59,6 +59,7 @@ class Limits:
     frag_datagrams_per_guest: int = 16
     frag_bytes_per_guest: int = 256 << 10
     addrs6_per_mac: int = 8  # IPv6 addresses one MAC may use (link-local, SLAAC, temporary ones)
+    tftp_per_guest: int = 8  # concurrent TFTP transfers
 
 
 _DEFAULT_NET = IPv4Network("10.0.2.0/24")
@@ -90,5 +91,8 @@ class StackConfig:
     udp_timeout: float = 240.0  # libslirp's SO_EXPIRE
     udp_dns_timeout: float = 10.0  # flows to port 53 die fast, as in libslirp
     icmp_timeout: float = 30.0
+    tftp_dir: str | None = None  # tftp=DIR: served read-only at the gateway, UDP port 69
+    smb_dir: str | None = None  # smb=DIR: an smbd per guest connection to smbserver:445/139
+    smbserver: IPv4Address | None = None
     limits: Limits = field(default_factory=Limits)
     tcp: TcpParams = field(default_factory=TcpParams)

@@ -157,6 +157,8 @@ class Core:
         self.virtual: dict[bytes, bytes] = {self.host_ip: self.host_mac, self.dns_ip: self.dns_mac}
         for g in cfg.guestfwd:
             self.virtual.setdefault(g.addr, virtual_mac(g.addr))
+        if cfg.smb_dir is not None and cfg.smbserver is not None:
+            self.virtual.setdefault(cfg.smbserver.packed, virtual_mac(cfg.smbserver.packed))
         # IPv6 (cfg.ipv6): the prefix, the router (host6, and fe80::2 on the link) and the resolver.
         self.host6 = cfg.host6.packed
         self.dns6 = cfg.dns6.packed

@@ -8,11 +8,12 @@ the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from vmlan.engines.dhcp import DhcpServer, Lease
 from vmlan.engines.dns import DnsForwarder, Reply, SendUpstream, TcpDnsFramer
+from vmlan.engines.tftp import TftpServer
 from vmlan.engines.usernet import actions as A
 
 if TYPE_CHECKING:
@@ -227,3 +228,33 @@ def _wire_name(name: str) -> bytes:
         raw = label.encode("ascii")
         out += bytes((len(raw),)) + raw
     return bytes(out) + b"\0"
+
+
+class TftpService:
+    """``tftp=DIR`` (engines/tftp.py) at the gateway's UDP port 69. Every transfer answers from port 69,
+    as libslirp's does: the registry needs no per-transfer ports, and both tftp-hpa and atftp accept it
+    (the engine keys transfers by client, which includes the guest's port of the hub)."""
+
+    __slots__ = ("core", "server", "timer")
+
+    def __init__(self, core: Core, server: TftpServer) -> None:
+        self.core = core
+        self.server = server
+        self.timer: TimerFlow = core.timer(self._on_timer)
+
+    def handle(self, guest: Guest, mac: bytes, src: bytes, sport: int, dst: bytes, data: memoryview,
+               now: float) -> None:
+        self._send(self.server.receive((guest, src, sport), 69, data, now, guest=guest))
+
+    def _on_timer(self, now: float) -> None:
+        self._send(self.server.handle_timer(now))
+
+    def _send(self, datagrams: list[tuple[Hashable, int, bytes]]) -> None:
+        core = self.core
+        for client, port, payload in datagrams:
+            key: tuple[Guest, bytes, int] = client  # type: ignore[assignment]  # the key handle() gave
+            ip, cport = key[1], key[2]
+            core.send_udp(core.host_ip if len(ip) == 4 else core.host6, port, ip, cport, payload)
+        self.server.take_closed()
+        deadline = self.server.get_timer()
+        core.flows.arm(self.timer, deadline if deadline is not None else float("inf"))

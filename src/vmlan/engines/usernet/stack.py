@@ -27,6 +27,7 @@ from typing import Any
 from vmlan.engines.dhcp import DhcpServer, Lease
 from vmlan.engines.dns import DnsForwarder
 from vmlan.engines.reassembly import Ipv4Reassembler
+from vmlan.engines.tftp import FileSource, TftpConfig, TftpServer
 from vmlan.engines.usernet.actions import Action
 from vmlan.engines.usernet.config import HostForward, StackConfig
 from vmlan.engines.usernet.core import Core
@@ -35,7 +36,14 @@ from vmlan.engines.usernet.guests import Guest
 from vmlan.engines.usernet.icmp import Icmp, PingFlow
 from vmlan.engines.usernet.l3 import ETH_IP, ETH_IP6, ETH_IP_PORTS, IPV4, IPV6
 from vmlan.engines.usernet.neighbours import Ndp, Neighbours
-from vmlan.engines.usernet.services import DHCP6_SERVERS, DhcpService, Dhcpv6Service, DnsService, Services
+from vmlan.engines.usernet.services import (
+    DHCP6_SERVERS,
+    DhcpService,
+    Dhcpv6Service,
+    DnsService,
+    Services,
+    TftpService,
+)
 from vmlan.engines.usernet.tcpnat import TcpFlow, TcpNat
 from vmlan.engines.usernet.udp import Udp, UdpFlow, UdpFwdSession
 from vmlan.wire import BytesLike, WireError
@@ -56,7 +64,7 @@ _PORTS = struct.Struct("!HH")
 
 class UserStack:
     __slots__ = ("_next_rule", "_reassembly_timer", "core", "counters", "dhcp", "dhcp6", "dns", "faults", "flows",
-                 "guests", "hostfwd", "icmp", "ndp", "neighbours", "reassembly", "services", "tcp", "udp")
+                 "guests", "hostfwd", "icmp", "ndp", "neighbours", "reassembly", "services", "tcp", "tftp", "udp")
 
     def __init__(
         self,
@@ -65,6 +73,7 @@ class UserStack:
         *,
         secret: bytes | None = None,
         port_tso: Callable[[Hashable], bool] | None = None,
+        tftp_files: FileSource | None = None,
     ) -> None:
         """``secret`` keys ISNs and ports (random if None); ``port_tso(port)`` says whether a port takes
         GSO frames (the I/O layer asks the port object)."""
@@ -96,6 +105,13 @@ class UserStack:
                 self.services.register_udp(addr, 67, self.dhcp.handle)
         if self.dns is not None:
             self.services.register_udp(core.dns_ip, 53, self.dns.handle_udp)
+        self.tftp: TftpService | None = None
+        if tftp_files is not None:
+            self.tftp = TftpService(core, TftpServer(tftp_files, TftpConfig(
+                transfer_ports=None, max_sessions_per_guest=cfg.limits.tftp_per_guest)))
+            self.services.register_udp(core.host_ip, 69, self.tftp.handle)
+            if cfg.ipv6:
+                self.services.register_udp(core.host6, 69, self.tftp.handle)
         self.ndp: Ndp | None = None
         self.dhcp6: Dhcpv6Service | None = None
         if cfg.ipv6:

@@ -177,6 +177,7 @@ class TcpNat:
         "mem_timer",
         "ports",
         "pressure",
+        "smb",
     )
 
     def __init__(self, core: Core, icmp: Icmp, dns: DnsService | None) -> None:
@@ -185,6 +186,8 @@ class TcpNat:
         self.dns = dns
         self.by_key: dict[tuple[bytes, int, bytes, int], TcpFlow] = {}
         self.guestfwd: dict[tuple[bytes, int], GuestForward] = {(g.addr, g.port): g for g in core.cfg.guestfwd}
+        cfg = core.cfg
+        self.smb = cfg.smbserver.packed if cfg.smb_dir is not None and cfg.smbserver is not None else None
         self.isn = IsnGenerator(core.secret)
         self.ports = EphemeralPorts(key=hashlib.blake2b(core.secret, digest_size=16, person=b"hostfwd").digest())
         self.fwd_count: dict[int, int] = {}
@@ -242,7 +245,9 @@ class TcpNat:
         target: object
         service = False
         fwd = self.guestfwd.get((dst, dport))
-        if fwd is not None:
+        if dst == self.smb and dport in (445, 139):  # smb=DIR: an smbd of the host's for this connection
+            kind, target = GUESTFWD, A.Service("smb")
+        elif fwd is not None:
             kind, target = GUESTFWD, fwd.target
             busy = guest.cmd >= core.limits.cmd_per_guest or self._cmds() >= core.limits.max_cmd
             if isinstance(fwd.target, str) and busy:
