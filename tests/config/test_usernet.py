@@ -423,20 +423,31 @@ def test_errors_name_the_option_and_value(text, message):
     assert "\n" not in str(info.value)
 
 
+def test_tftp_bootfile_and_smb_options():
+    cfg = parse("user,id=u,tftp=/srv/tftp,bootfile=pxelinux.0,tftp-server-name=boot.example,smb=/srv/share")
+    assert (cfg.tftp, cfg.bootfile, cfg.tftp_server_name, cfg.smb) == (
+        "/srv/tftp", "pxelinux.0", "boot.example", "/srv/share")
+    assert cfg.smbserver == a("10.0.2.4")
+    assert parse("user,id=u,smb=/s,smbserver=10.0.2.9").smbserver == a("10.0.2.9")
+    assert parse("user,id=u").smbserver is None
+
+
 @pytest.mark.parametrize(
-    "key",
+    ("text", "message"),
     [
-        "tftp",
-        "tftp-server-name",
-        "bootfile",
-        "smb",
-        "smbserver",
+        ("user,id=u,smbserver=10.0.2.9", "Parameter 'smbserver' needs smb=DIR"),
+        ("user,id=u,smb=/s,smbserver=10.0.3.9", "Parameter 'smbserver' must be a free address of net"),
+        ("user,id=u,smb=/s,smbserver=10.0.2.2", "Parameter 'smbserver' must be a free address of net"),
+        ("user,id=u,smb=/s,smbserver=x", "Failed to parse SMB address (smbserver=x)"),
+        ("user,id=u,bootfile=" + "b" * 128, "Parameter 'bootfile' expects 1..127 ASCII characters"),
+        ("user,id=u,tftp-server-name=" + "n" * 256, "'tftp-server-name' parameter cannot exceed 255 bytes"),
     ],
 )
-def test_later_options_are_refused_not_ignored(key):
+def test_tftp_and_smb_errors(text, message):
     with pytest.raises(ConfigError) as info:
-        parse(f"user,id=u,{key}=x")
-    assert str(info.value) == f"Parameter '{key}' is not supported yet by vmlan (planned)"
+        parse(text)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(

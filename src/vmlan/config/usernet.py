@@ -15,8 +15,10 @@ QEMU options and defaults
     ``dhcpstart=`` (net|.15), ``restrict=``, ``hostname=``, ``domainname=``, ``dnssearch=`` (repeatable),
     ``hostfwd=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`` (repeatable; empty hostaddr = any,
     empty guestaddr = the first DHCP address), ``guestfwd=[tcp]:[server]:port-TARGET`` (repeatable; empty
-    server = net|.4 as libslirp), ``ipv4=``, ``ipv6=``. Addresses in QEMU's own options are read like
-    inet_aton() (``10.2`` = 10.0.0.2, hex and octal parts) but without trailing garbage.
+    server = net|.4 as libslirp), ``ipv4=``, ``ipv6=``, ``ipv6-net=``/``ipv6-prefix=``+``ipv6-prefixlen=``
+    (fec0::/64), ``ipv6-host=`` (prefix::2), ``ipv6-dns=`` (prefix::3), ``tftp=DIR``, ``bootfile=``,
+    ``tftp-server-name=``, ``smb=DIR``, ``smbserver=`` (net|.4). Addresses in QEMU's own options are read
+    like inet_aton() (``10.2`` = 10.0.0.2, hex and octal parts) but without trailing garbage.
 
 vmlan extensions
     ``hubid=N``             hub to join (default 0), as on every vmlan netdev.
@@ -39,9 +41,7 @@ vmlan extensions
                             connection (HOST an IPv4 address or a host name). ``-cmd:COMMAND`` is QEMU's.
 
 Differences from QEMU, each refused with one line rather than ignored
-    IPv6 (vmlan has none yet): ``ipv6=on`` refused, ``ipv6=off`` accepted; ``ipv4=off`` refused (nothing
-    would remain). ``ipv6-net``, ``ipv6-prefix``, ``ipv6-prefixlen``, ``ipv6-host``, ``ipv6-dns``, ``tftp``,
-    ``tftp-server-name``, ``bootfile``, ``smb``, ``smbserver``: "not supported yet by vmlan (planned)".
+    ``ipv4=off`` together with ``ipv6=off`` (nothing would remain, QEMU says the same).
     guestfwd to a QEMU character device (``-tcp:H:P``, ``-stdio``, ...) and ``hostfwd=unix:...`` refused.
     Stricter than QEMU: a repeated single-valued option, ``net=`` together with ``ip=``, a DNS address
     outside net (QEMU checks that only with restrict=on), host/DNS/DHCP start at the network or broadcast
