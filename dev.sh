@@ -3,13 +3,18 @@
 #   ./dev.sh run [vmlan run options]   set up, then start `vmlan run` (default: hub 0 on a unix socket)
 #   ./dev.sh test [pytest options]     set up everything the tests need (Debian packages, the test guest),
 #                                      check lint and types, run the whole test suite
-#   ./dev.sh bench [benchmark options] set up, then run the benchmarks against vde_switch
+#   ./dev.sh bench [NAME] [options]    set up, then run a benchmark of benchmarks/ (default: the hub against
+#                                      vde_switch; NAME e.g. ns_peers, usernet_guest, tftp, tap, vde)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${VMLAN_VENV:-.venv}
 RUN_PACKAGES=(python3 python3-venv)
-TEST_PACKAGES=(qemu-system-x86 vde2 tshark socat iperf3 cpio gzip iproute2 procps gcc libc6-dev nftables busybox util-linux)
+TEST_PACKAGES=(qemu-system-x86 ipxe-qemu vde2 tshark socat iperf3 cpio gzip iproute2 procps gcc libc6-dev nftables
+               busybox util-linux samba smbclient tftp-hpa atftp isc-dhcp-client)
+# The peers the benchmarks compare vmlan with (slirp4netns, pasta from passt, QEMU's own stack, vde_switch).
+BENCH_PACKAGES=(vde2 procps qemu-system-x86 ipxe-qemu iperf3 slirp4netns passt atftp tftp-hpa iproute2 util-linux
+                cpio gzip gcc libc6-dev busybox nftables)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -54,12 +59,18 @@ case "$cmd" in
         exec "$VENV/bin/pytest" "$@"
         ;;
     bench)
-        apt_install "${RUN_PACKAGES[@]}" vde2 procps
-        python_env ""
+        apt_install "${RUN_PACKAGES[@]}" "${BENCH_PACKAGES[@]}"
+        python_env "[test]"
+        if [ $# -gt 0 ] && [ -f "benchmarks/$1.py" ]; then
+            name=$1
+            shift
+            case "$name" in usernet_guest|tftp) "$VENV/bin/python" tools/build_guest.py ;; esac
+            exec "$VENV/bin/python" -m "benchmarks.$name" "$@"
+        fi
         exec "$VENV/bin/python" -m benchmarks "$@"
         ;;
     *)
-        sed -n '2,7p' "$0" >&2
+        sed -n '2,8p' "$0" >&2
         exit 2
         ;;
 esac

@@ -155,6 +155,8 @@ def parse_snapshot(block: list[str]) -> Snapshot:
                                                    int(fields[4]), int(fields[5]))
         elif len(fields) == 2 and current is not None and line.startswith("   "):
             current.macs[fields[0]] = fields[1]
+        elif len(fields) == 1 and current is not None and ":" in fields[0]:
+            continue  # one of the MAC's IPv6 addresses
         else:
             in_guests = False
     return Snapshot("\n".join(block), guests, counters, errors)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import ipaddress
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -23,11 +23,11 @@ def info_network(runtime: Runtime) -> str:
             if nd.cfg.hubid != hub.id:
                 continue
             lines.append(f" \\ {nd.cfg.id}: type={nd.cfg.driver},{nd.describe()}")
-            lines.extend(_port_lines(nd.ports))
+            lines.extend(_port_lines(nd.ports, runtime))
     return "\n".join(lines)
 
 
-def _port_lines(ports: Iterable[Port]) -> list[str]:
+def _port_lines(ports: Iterable[Port], runtime: Runtime) -> list[str]:
     out = []
     for port in ports:
         c = port.counters
@@ -35,7 +35,13 @@ def _port_lines(ports: Iterable[Port]) -> list[str]:
             f"    {port.name}: {port.describe()}  rx {c.rx_frames} frames {c.rx_bytes} bytes {c.rx_dropped} dropped,"
             f" tx {c.tx_frames} frames {c.tx_bytes} bytes {c.tx_dropped} dropped"
         )
+        out.extend(f"      {netem.describe()}" for netem in runtime.netems if netem.port is port)
     return out
+
+
+def _ip(packed: bytes) -> str:
+    """An IPv4 or IPv6 address as text (flows and rules hold them packed, 4 or 16 bytes)."""
+    return str(ipaddress.ip_address(packed))
 
 
 def info_usernet(port: UserNetPort, hubid: int) -> str:
@@ -56,19 +62,19 @@ def info_usernet(port: UserNetPort, hubid: int) -> str:
 
     for rule, fd, bound in port.forward_fds():
         row(f"{rule.proto.upper()}[HOST_FORWARD]", fd, rule.host_addr or "*", bound,
-            socket.inet_ntoa(rule.guest_addr), rule.guest_port)
+            _ip(rule.guest_addr), rule.guest_port)
     for flow in stack.flows:
         if isinstance(flow, TcpFlow):
             conn = flow.conn
-            row(f"TCP[{conn.state}]", port.fd_of(flow.fid), socket.inet_ntoa(flow.guest_ip), flow.key[1],
-                socket.inet_ntoa(flow.far), flow.key[3], conn.unconsumed, conn.bytes_unacked)
+            row(f"TCP[{conn.state}]", port.fd_of(flow.fid), _ip(flow.guest_ip), flow.key[1],
+                _ip(flow.far), flow.key[3], conn.unconsumed, conn.bytes_unacked)
         elif isinstance(flow, UdpFlow):
             dst, dport = flow.last_dst
             left = max(0, int(flow.deadline - now)) if flow.deadline != float("inf") else 0
-            row(f"UDP[{left} sec]", port.fd_of(flow.fid), socket.inet_ntoa(flow.guest_ip), flow.guest_port, dst, dport)
+            row(f"UDP[{left} sec]", port.fd_of(flow.fid), _ip(flow.guest_ip), flow.guest_port, dst, dport)
         elif isinstance(flow, PingFlow):
             left = max(0, int(flow.deadline - now)) if flow.deadline != float("inf") else 0
-            row(f"ICMP[{left} sec]", port.fd_of(flow.fid), socket.inet_ntoa(flow.guest_ip), 0, flow.dst, 0)
+            row(f"ICMP[{left} sec]", port.fd_of(flow.fid), _ip(flow.guest_ip), 0, flow.dst, 0)
     rows.extend(guest_lines(stack))
     return "\n".join(rows)
 
@@ -84,9 +90,10 @@ def guest_lines(stack: UserStack) -> list[str]:
         for i, mac in enumerate(macs):
             ip = guest.ip_of.get(mac)
             name = guest.name if i == 0 else ""
-            addr = socket.inet_ntoa(ip) if ip else "-"
+            addr = _ip(ip) if ip else "-"
             counts = f"{guest.tcp:5d} {guest.udp:5d} {guest.pings:5d}" if i == 0 else ""
             out.append(f"  {name:<20s} {mac_to_str(mac) if mac else '-':<18s} {addr:<15s} {counts}")
+            out.extend(f"  {'':<20s} {'':<18s} {_ip(ip6)}" for ip6 in guest.ip6_of.get(mac, ()))
     drops = {**stack.counters.as_dict(), **stack.guests.counters.as_dict()}
     shown = ", ".join(f"{k}={v}" for k, v in drops.items() if v and k not in ("frames_in", "tcp_flows", "udp_flows"))
     if shown:

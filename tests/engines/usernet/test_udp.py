@@ -27,6 +27,7 @@ from tests.engines.usernet.stacknet import (
     udp,
 )
 from vmlan.engines.usernet import actions as A
+from vmlan.engines.usernet.udp import EVICT_IDLE
 
 
 def test_udp_to_host_address_reaches_host_loopback() -> None:
@@ -162,6 +163,34 @@ def test_udp_flow_cap_per_guest() -> None:
     assert only(net.actions())[4] == b"3 later"
 
 
+def test_at_the_cap_a_new_flow_takes_the_place_of_an_idle_one() -> None:
+    """Not a lockout for udp_timeout: once a flow has been idle EVICT_IDLE seconds it makes room; busy
+    flows are never evicted, so a flood of new source ports only drops."""
+    net = StackNet("guest-udp=3")
+    a = net.guest("a")
+    fids = {}
+    for sport in (1001, 1002, 1003):
+        net.send_ip(a, udp(OUTSIDE, 9, b"x", sport=sport))
+        fids[sport] = only(net.actions())[1]
+    net.advance(EVICT_IDLE / 2)
+    net.send_ip(a, udp(OUTSIDE, 9, b"busy", sport=1002))
+    net.send_ip(a, udp(OUTSIDE, 9, b"new", sport=2000))
+    assert kinds(net.actions()) == ["UDP_SEND"]  # 1002's datagram; 2000 dropped, nothing idle long enough
+    assert net.stack.counters.udp_dropped_cap == 1
+    net.advance(EVICT_IDLE / 2 + 0.1)  # 1001 and 1003 idle for EVICT_IDLE now, 1002 only half that
+    net.send_ip(a, udp(OUTSIDE, 9, b"new", sport=2000))
+    closed, sent = net.actions()
+    assert closed == (A.UDP_CLOSE, fids[1001]) and sent[0] == A.UDP_SEND and sent[4] == b"new"
+    net.send_ip(a, udp(OUTSIDE, 9, b"new", sport=2001))
+    closed, sent = net.actions()
+    assert closed == (A.UDP_CLOSE, fids[1003]) and sent[4] == b"new"
+    net.send_ip(a, udp(OUTSIDE, 9, b"new", sport=2002))
+    assert net.actions() == []  # 1002, 2000 and 2001 are all recent
+    assert (net.stack.counters.udp_evicted, net.stack.counters.udp_dropped_cap) == (2, 2)
+    net.send_ip(a, udp(OUTSIDE, 9, b"still", sport=1002))
+    assert only(net.actions())[1] == fids[1002]
+
+
 def test_max_flows_caps_all_guests_together() -> None:
     net = StackNet("max-flows=8")
     a = net.guest("a")
@@ -257,3 +286,17 @@ def test_a_host_sockets_icmp_error_reaches_the_guest_as_icmp(dst: str, code: int
     assert net.stack.counters.icmp_errors_sent == 1
     net.stack.udp_error(fid + 1000, far, code, net.now)  # an unknown flow: nothing
     assert net.frames() == [] and net.stack.faults.counts == {}
+
+
+def test_a_port_without_a_service_at_a_virtual_host_is_refused_at_once() -> None:
+    """UDP to the DNS address at a port other than 53: ICMP port unreachable quoting the datagram, no
+    host socket; to a multicast or 0/8 address: silently dropped as before."""
+    net = StackNet()
+    a = net.guest("a")
+    net.send_ip(a, udp(DNS_IP, 9999, b"anyone?", sport=4444), dst_mac="52:55:0a:00:02:03")
+    net.send_ip(a, udp("0.1.2.3", 9999, b"x"))
+    assert net.actions() == []
+    err = only(net.frames())
+    assert (err[IP].src, err[IP].dst, err[ICMP].type, err[ICMP].code) == (DNS_IP, GUEST, 3, 3)
+    assert (err[IPerror].dst, err[UDPerror].sport, err[UDPerror].dport) == (DNS_IP, 4444, 9999)
+    assert net.stack.counters.no_route == 2

@@ -64,6 +64,7 @@ class StackCounters:
         "tcp_refused_cap",
         "too_big",
         "udp_dropped_cap",
+        "udp_evicted",
         "udp_flows",
         "unresolved",
         "unsupported",
@@ -83,6 +84,7 @@ class StackCounters:
         self.tcp_refused_cap = 0  # SYNs refused by a per-guest or stack-wide cap
         self.udp_flows = 0
         self.udp_dropped_cap = 0
+        self.udp_evicted = 0  # idle flows closed to make room for a new one of the same guest
         self.ping_dropped_cap = 0
         self.icmp_local_replies = 0
         self.icmp_sent = 0  # echo requests sent to the host's network

@@ -27,6 +27,10 @@ its guest is forgotten and the stack closes what it held (its DHCP leases stay, 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmlan.engines.usernet.udp import UdpFlow
 
 __all__ = ["Guest", "GuestCounters", "Guests"]
 
@@ -49,6 +53,7 @@ class Guest:
         "tcp",
         "tso",
         "udp",
+        "udp_flows",
     )
 
     def __init__(self, port: Hashable, name: str, tso: bool) -> None:
@@ -62,6 +67,7 @@ class Guest:
         self.tcp = 0
         self.connecting = 0
         self.udp = 0
+        self.udp_flows: dict[UdpFlow, None] = {}  # the guest's UdpFlows, oldest first (see Udp.evict)
         self.pings = 0
         self.cmd = 0
 

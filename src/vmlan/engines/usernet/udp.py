@@ -3,9 +3,13 @@
 One host socket per guest source (address, port), whatever the destination: libslirp's
 endpoint-independent mapping, which keeps STUN, games and DNS resolvers that reuse a socket working.
 Flows expire after ``udp_timeout`` idle seconds (``udp_dns_timeout`` when they were opened toward port
-53), and each guest has a cap. A host socket's ICMP errors (port unreachable from a closed host port,
+53), and each guest has a cap: at the cap, a new flow takes the place of the guest's longest-idle one when
+that has been idle for ``EVICT_IDLE`` seconds (a guest that once used its 256 ports is not locked out
+for the 240 s timeout), otherwise the datagram is dropped (so a flood of new source ports cannot make
+the stack churn host sockets). A host socket's ICMP errors (port unreachable from a closed host port,
 host unreachable) come back to the guest as ICMP, so its ``recv`` fails at once (ECONNREFUSED) instead
-of timing out.
+of timing out; so does a datagram to a virtual host (the DNS address, a guestfwd or SMB address, the
+IPv6 router) at a port no service listens on gets a port unreachable (no host socket is opened).
 
 A UDP hostfwd rule delivers each host client's datagrams to the guest from the client's address
 (loopback clients appear as the gateway); a session per (guest, client) remembers where the guest's
@@ -15,6 +19,7 @@ answers go, bounded per rule (the oldest session makes room).
 from __future__ import annotations
 
 import struct
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from vmlan.engines.usernet import actions as A
@@ -30,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["Udp", "UdpFlow", "UdpFwdSession"]
 
 _UDP = struct.Struct("!HHHH")
+EVICT_IDLE = 10.0  # seconds a flow must have been idle before a new flow of its guest may take its place
+_EVICT_SCAN = 16  # oldest flows looked at per eviction; the busy ones among them move to the back
 
 
 class UdpFlow(Flow):
@@ -91,17 +98,24 @@ class Udp:
         target = core.host_target6(dst) if v6 else core.host_target(dst)
         if target is None or dport == 0:
             core.counters.no_route += 1
+            if dport and dst in core.virtual and dst not in (core.host_ip, core.host6):  # no service there
+                head = _UDP.pack(sport, dport, 8 + len(data), 0)
+                self.icmp.unreachable(dst, src, 4 if v6 else 3, Icmp.rebuild(src, dst, 17, head, 8 + len(data)))
             return
         key = (src, sport)
         flow = self.flows_by_src.get(key)
         if flow is None:
-            if guest.udp >= core.limits.udp_per_guest or len(core.flows) >= core.limits.max_flows:
+            if guest.udp >= core.limits.udp_per_guest and not self.evict(guest, now):
+                core.counters.udp_dropped_cap += 1
+                return
+            if len(core.flows) >= core.limits.max_flows:
                 core.counters.udp_dropped_cap += 1
                 return
             timeout = core.cfg.udp_dns_timeout if dport == 53 else core.cfg.udp_timeout
             flow = UdpFlow(self, guest, src, sport, timeout)
             core.flows.add(flow)
             guest.udp += 1
+            guest.udp_flows[flow] = None
             self.flows_by_src[key] = flow
             core.counters.udp_flows += 1
         core.flows.arm(flow, now + flow.timeout)
@@ -137,7 +151,30 @@ class Udp:
             del self.flows_by_src[key]
         if flow.guest is not None:
             flow.guest.udp -= 1
+            flow.guest.udp_flows.pop(flow, None)
         core.actions.append((A.UDP_CLOSE, flow.fid))
+
+    def evict(self, guest: Guest, now: float) -> bool:
+        """Close the guest's longest-idle flow among its oldest ones if it has been idle ``EVICT_IDLE``
+        seconds (True), moving the busy ones it passes to the back so the next look sees others."""
+        flows = guest.udp_flows
+        idlest: UdpFlow | None = None
+        idle_since = now - EVICT_IDLE
+        busy: list[UdpFlow] = []
+        for flow in list(islice(flows, _EVICT_SCAN)):
+            last_used = flow.deadline - flow.timeout
+            if last_used > idle_since:
+                busy.append(flow)
+            elif idlest is None or last_used < idlest.deadline - idlest.timeout:
+                idlest = flow
+        for flow in busy:
+            del flows[flow]
+            flows[flow] = None
+        if idlest is None:
+            return False
+        self.close(idlest)
+        self.core.counters.udp_evicted += 1
+        return True
 
     # -- UDP host forwards ---------------------------------------------------------------------------------
     def hostfwd(self, index: int, rule: HostForward, client: tuple[str, int], data: BytesLike, now: float) -> None:
