@@ -191,13 +191,13 @@ class NsRun:
 def vmlan_ns() -> Iterator[Any]:
     runs: list[NsRun] = []
 
-    def start(who: Who, *args: str) -> NsRun:
+    def start(who: Who, *args: str, env: dict[str, str] | None = None) -> NsRun:
         runtime_dir = tempfile.mkdtemp(prefix="vmlan-ns-rt-")
         os.chown(runtime_dir, who.uid, who.gid)
         token = secrets.token_hex(8)
         argv = [*who.prefix, who.python, "-m", "vmlan", "ns", *args]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=who.env(runtime_dir, token), cwd="/")
+                                text=True, env={**who.env(runtime_dir, token), **(env or {})}, cwd="/")
         run = NsRun(who, proc, runtime_dir, token)
         for stream, lines in ((proc.stdout, run.out), (proc.stderr, run.err)):
             reader = threading.Thread(target=run._read, args=(stream, lines), daemon=True)

@@ -1,4 +1,4 @@
-"""The namespace side of ``vmlan ns``: what the child (or the ``--attach`` helper) does before CMD runs.
+"""The namespace side of ``vmlan ns``: what the child (or an ``--attach`` helper) does before CMD runs.
 
 Both are ``fork()``\\ s of vmlan, single-threaded, and never return into vmlan's code: they end in
 ``execvp(CMD)`` or ``_exit``.
@@ -10,22 +10,37 @@ The child (``vmlan ns -- CMD``)
        after that (changing credentials clears it), then a check that vmlan is still its parent.
     2. Opens ``/dev/net/tun`` there: ``tap0`` with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, then
        TUNSETOFFLOAD(CSUM | TSO4 | TSO6), so the kernel hands over 64 KiB TCP segments.
-    3. Over rtnetlink (pyroute2, in this process, so in this namespace): ``lo`` up; ``tap0`` MTU,
-       address, up; the default route via the gateway.
+    3. Over rtnetlink (pyroute2, in this process, so in this namespace): ``lo`` up; ``tap0``'s MAC
+       (:attr:`~vmlan.ns.config.Namespace.mac`), MTU, IPv4 address; with IPv6 on, tap0's IPv6 settings
+       (below); ``tap0`` up; the IPv4 default route via the gateway.
     4. /etc/resolv.conf: mounts become slaves of the host's (nothing mounted here propagates back), a
        small tmpfs is mounted on a scratch directory, resolv.conf written into it and bind-mounted
        over the file /etc/resolv.conf resolves to, and the tmpfs detached again: no file is written
        anywhere, the host's is untouched, and the scratch directory shows its own contents again.
     5. Sends the TAP descriptor to vmlan (SCM_RIGHTS), closes its own copy, and waits for vmlan's
-       "go" (the TAP is on the hub): only then does CMD run, so its first packet finds the stack.
+       "go" (the TAP is on the hub).
+    6. With IPv6 on, waits (at most :data:`IPV6_WAIT` seconds) until the kernel has autoconfigured
+       tap0 from the stack's router advertisement: an address of the prefix that may be used and a
+       default route. Then it tells vmlan the address and runs CMD, so CMD's first packet, IPv4 or IPv6,
+       finds a working network.
 The helper (``--attach PID``)
     Joins PID's network namespace (first the user namespace that owns it, when that is not ours and
-    we are not root: ioctl NS_GET_USERNS on the namespace), then steps 2, 3 and 5 without waiting,
-    and exits. The target's mount namespace is not vmlan's to change: no resolv.conf there.
+    we are not root: ioctl NS_GET_USERNS on the namespace), then steps 2, 3, 5 and 6, and exits. The
+    target's mount namespace is not vmlan's to change: no resolv.conf there.
+
+IPv6 is the kernel's own: vmlan sets no IPv6 address or route. Before tap0 comes up it makes sure of
+what SLAAC needs (``disable_ipv6`` 0, ``accept_ra`` 1, ``autoconf`` 1, ``addr_gen_mode`` 0, i.e.
+EUI-64 from the MAC, so the address is the one :mod:`vmlan.ns.config` predicts) and turns on optimistic
+DAD (RFC 4429: ``optimistic_dad``, ``use_optimistic``). Duplicate address detection still runs and a
+duplicate is still given up; the address is merely usable while it runs. Without it CMD would wait
+2 to 4 s (the random delay and the one-second probe of DAD, twice: the link-local address must pass
+before the router solicitation, then the SLAAC address); with it about one second (the link-local
+probe). The stack never answers a solicitation for a guest's address, so DAD passes.
 
 Messages to vmlan, one per datagram on a SOCK_SEQPACKET socketpair: ``T`` + interface name with the
-descriptor, ``W`` + a warning, ``E`` + the reason setup failed. vmlan answers ``G``. The child's end
-is close-on-exec: vmlan reads EOF once CMD runs.
+descriptor, ``W`` + a warning, ``E`` + the reason setup failed, ``R`` + the SLAAC address (empty
+without one) when the namespace is ready. vmlan answers ``G``. The child's end is close-on-exec: vmlan
+reads EOF once CMD runs.
 """
 
 from __future__ import annotations
@@ -36,19 +51,24 @@ import errno
 import fcntl
 import importlib
 import os
+import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any, NoReturn
 
 from vmlan.io.tap import OFFLOADS, offload_names, open_tap, set_offloads
-from vmlan.ns.config import IFNAME, NsConfig, resolv_conf_text
+from vmlan.ns.config import IFNAME, Namespace, NsConfig, resolv_conf_text
 
 __all__ = [
+    "IPV6_SYSCTLS",
+    "IPV6_WAIT",
     "MSG_ERROR",
     "MSG_GO",
+    "MSG_READY",
     "MSG_TAP",
     "MSG_WARNING",
     "SetupError",
@@ -64,6 +84,9 @@ __all__ = [
     "open_ns_tap",
     "recv_message",
     "send_message",
+    "set_ipv6_sysctls",
+    "usable_ipv6",
+    "wait_for_ipv6",
 ]
 
 CLONE_NEWNS = 0x00020000
@@ -78,8 +101,15 @@ PR_SET_PDEATHSIG = 1
 NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1), <linux/nsfs.h>
 RESOLV_CONF = "/etc/resolv.conf"
 SCRATCH_DIRS = ("/tmp", "/run", "/mnt")
+IPV6_CONF = "/proc/sys/net/ipv6/conf"
+# What SLAAC from the stack's RA needs, set on tap0 before it comes up (see the module docstring).
+IPV6_SYSCTLS = (("disable_ipv6", "0"), ("accept_ra", "1"), ("autoconf", "1"), ("addr_gen_mode", "0"),
+                ("optimistic_dad", "1"), ("use_optimistic", "1"))
+IPV6_WAIT = 5.0  # seconds for the SLAAC address and the default route; usually about one
+IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x04, 0x08, 0x40
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 
-MSG_TAP, MSG_WARNING, MSG_ERROR, MSG_GO = b"T", b"W", b"E", b"G"
+MSG_TAP, MSG_WARNING, MSG_ERROR, MSG_GO, MSG_READY = b"T", b"W", b"E", b"G", b"R"
 MSG_MAX = 4096
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -210,19 +240,31 @@ def _netlink_reason(exc: Exception) -> str:
     return os.strerror(code) if code else str(exc)
 
 
-def configure_interfaces(ifname: str, address: IPv4Address, prefixlen: int, gateway: IPv4Address, mtu: int) -> None:
-    """lo up; ``ifname``: MTU, address, up; default route via ``gateway`` (rtnetlink of this namespace)."""
+def configure_interfaces(ifname: str, address: IPv4Address | None, prefixlen: int, gateway: IPv4Address, mtu: int,
+                         mac: bytes | None = None, ipv6: bool = False) -> list[str]:
+    """lo up; ``ifname``: MAC, MTU, IPv4 address (none when ``address`` is None), with ``ipv6`` the IPv6
+    settings of :func:`set_ipv6_sysctls`, up; the IPv4 default route via ``gateway`` (rtnetlink of this
+    namespace). Returns warnings (IPv6 settings the kernel refused)."""
     iproute: Any = importlib.import_module("pyroute2").IPRoute  # untyped; loaded by vmlan before the fork
+    warnings: list[str] = []
     with iproute() as ipr:
         steps: list[tuple[str, Callable[[], object]]] = [
-            ("cannot bring up lo", lambda: ipr.link("set", index=_index(ipr, "lo"), state="up")),
-            (f"cannot set the MTU of {ifname} to {mtu}", lambda: ipr.link("set", index=_index(ipr, ifname), mtu=mtu)),
-            (f"cannot add {address}/{prefixlen} to {ifname}",
-             lambda: ipr.addr("add", index=_index(ipr, ifname), address=str(address), prefixlen=prefixlen)),
-            (f"cannot bring up {ifname}", lambda: ipr.link("set", index=_index(ipr, ifname), state="up")),
-            (f"cannot add the default route via {gateway}",
-             lambda: ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=_index(ipr, ifname))),
-        ]
+            ("cannot bring up lo", lambda: ipr.link("set", index=_index(ipr, "lo"), state="up"))]
+        if mac is not None:
+            steps.append((f"cannot set the MAC of {ifname} to {mac.hex(':')}",
+                          lambda: ipr.link("set", index=_index(ipr, ifname), address=mac.hex(":"))))
+        steps.append((f"cannot set the MTU of {ifname} to {mtu}",
+                      lambda: ipr.link("set", index=_index(ipr, ifname), mtu=mtu)))
+        if address is not None:
+            steps.append((f"cannot add {address}/{prefixlen} to {ifname}",
+                          lambda: ipr.addr("add", index=_index(ipr, ifname), address=str(address),
+                                           prefixlen=prefixlen)))
+        if ipv6:
+            steps.append(("", lambda: warnings.extend(set_ipv6_sysctls(ifname))))
+        steps.append((f"cannot bring up {ifname}", lambda: ipr.link("set", index=_index(ipr, ifname), state="up")))
+        if address is not None:
+            steps.append((f"cannot add the default route via {gateway}",
+                          lambda: ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=_index(ipr, ifname))))
         for message, step in steps:
             try:
                 step()
@@ -230,6 +272,65 @@ def configure_interfaces(ifname: str, address: IPv4Address, prefixlen: int, gate
                 raise
             except Exception as exc:  # pyroute2's NetlinkError
                 raise SetupError(f"{message}: {_netlink_reason(exc)}") from None
+    return warnings
+
+
+def set_ipv6_sysctls(ifname: str, conf: str = IPV6_CONF) -> list[str]:
+    """Write :data:`IPV6_SYSCTLS` for ``ifname`` (this namespace's: /proc/sys/net is the reader's).
+    A setting the kernel refuses is a warning, not a failure: IPv6 then runs on the kernel's defaults."""
+    warnings = []
+    for name, value in IPV6_SYSCTLS:
+        path = os.path.join(conf, ifname, name)
+        try:
+            with open(path, "w") as fh:
+                fh.write(value)
+        except OSError as exc:
+            warnings.append(f"cannot set net.ipv6.conf.{ifname}.{name}={value}: {exc.strerror}")
+            if name == "disable_ipv6":
+                break  # no IPv6 on this kernel or interface: the rest would fail the same way
+    return warnings
+
+
+def usable_ipv6(addrs: Sequence[Any], routes: Sequence[Any], index: int, prefix: IPv6Network) -> IPv6Address | None:
+    """The address SLAAC gave interface ``index`` in ``prefix``, once it may be used (DAD passed, or
+    optimistic) and a default route through the interface exists; else None. ``addrs``/``routes``:
+    pyroute2's RTM_NEWADDR/RTM_NEWROUTE messages of a dump."""
+    if not any(r["dst_len"] == 0 and r.get("RTA_OIF") == index and r.get("RTA_GATEWAY") for r in routes):
+        return None
+    for msg in addrs:
+        if msg["index"] != index or msg["prefixlen"] != prefix.prefixlen:
+            continue
+        flags = msg.get("IFA_FLAGS") or msg["flags"]
+        if flags & IFA_F_DADFAILED or (flags & IFA_F_TENTATIVE and not flags & IFA_F_OPTIMISTIC):
+            continue
+        text = msg.get("IFA_ADDRESS")
+        if text:
+            addr = IPv6Address(text)
+            if addr in prefix:
+                return addr
+    return None
+
+
+def wait_for_ipv6(ifname: str, prefix: IPv6Network, timeout: float = IPV6_WAIT) -> IPv6Address | None:
+    """Wait until :func:`usable_ipv6` holds for ``ifname`` (woken by rtnetlink's address and route
+    notifications, never polling); None after ``timeout`` seconds."""
+    iproute: Any = importlib.import_module("pyroute2").IPRoute
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as events, \
+            iproute() as ipr:
+        events.bind((0, RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE))  # before the first look: nothing is missed
+        events.setblocking(False)
+        index = _index(ipr, ifname)
+        while True:
+            found = usable_ipv6(ipr.get_addr(family=socket.AF_INET6, index=index),
+                                ipr.get_routes(family=socket.AF_INET6), index, prefix)
+            left = deadline - time.monotonic()
+            if found is not None or left <= 0:
+                return found
+            if select.select([events], [], [], left)[0]:
+                with contextlib.suppress(BlockingIOError):
+                    while events.recv(65536):  # drain: one look covers every notification so far
+                        pass
 
 
 def _index(ipr: Any, ifname: str) -> int:
@@ -325,13 +426,31 @@ def exec_command(command: Sequence[str]) -> NoReturn:
         os._exit(127 if exc.errno == errno.ENOENT else 126)
 
 
-def _setup_interface(sock: socket.socket, cfg: NsConfig, unprivileged: bool) -> int:
+def _setup_interface(sock: socket.socket, cfg: NsConfig, ns: Namespace, unprivileged: bool) -> int:
     fd, offloads = open_ns_tap(IFNAME, unprivileged)
     if offloads != OFFLOADS:
         send_message(sock, MSG_WARNING, f"{IFNAME}: the kernel accepts only offloads {offload_names(offloads)}: "
                                         "TCP comes in MTU-sized frames")
-    configure_interfaces(IFNAME, cfg.address, cfg.prefixlen, cfg.gateway, cfg.mtu)
+    warnings = configure_interfaces(IFNAME, ns.address if cfg.ipv4 else None, cfg.prefixlen, cfg.gateway, cfg.mtu,
+                                    ns.mac, cfg.ipv6)
+    for text in warnings:
+        send_message(sock, MSG_WARNING, text)
     return fd
+
+
+def _await_go_and_ipv6(sock: socket.socket, cfg: NsConfig) -> None:
+    """vmlan's "go" (the TAP is on the hub), then, with IPv6, the SLAAC address; tell vmlan (``R``)."""
+    if sock.recv(16) != MSG_GO:
+        os._exit(1)  # vmlan gave up (its message says why) or is gone
+    found = ""
+    if cfg.ipv6:
+        addr = wait_for_ipv6(IFNAME, cfg.user.net6)
+        if addr is None:
+            send_message(sock, MSG_WARNING, f"{IFNAME}: no IPv6 address from the stack's router advertisement "
+                                            f"within {IPV6_WAIT:g} s: going on without waiting")
+        else:
+            found = str(addr)
+    send_message(sock, MSG_READY, found)
 
 
 def _report(sock: socket.socket, text: str) -> NoReturn:
@@ -340,7 +459,7 @@ def _report(sock: socket.socket, text: str) -> NoReturn:
     os._exit(1)
 
 
-def child_main(sock: socket.socket, cfg: NsConfig, parent: int, uid: int, gid: int) -> NoReturn:
+def child_main(sock: socket.socket, cfg: NsConfig, ns: Namespace, parent: int, uid: int, gid: int) -> NoReturn:
     """The forked child of ``vmlan ns -- CMD``; see the module docstring. Never returns."""
     try:
         _default_signals()
@@ -353,15 +472,14 @@ def child_main(sock: socket.socket, cfg: NsConfig, parent: int, uid: int, gid: i
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(1)  # vmlan died before the death signal was armed
-        fd = _setup_interface(sock, cfg, uid != 0)
+        fd = _setup_interface(sock, cfg, ns, uid != 0)
         try:
             bind_resolv_conf(resolv_conf_text(cfg, host_resolv))
         except SetupError as exc:
             send_message(sock, MSG_WARNING, f"{exc}: CMD sees the host's resolver configuration")
         send_message(sock, MSG_TAP, IFNAME, fd)
         os.close(fd)
-        if sock.recv(16) != MSG_GO:
-            os._exit(1)  # vmlan gave up (its message says why) or is gone
+        _await_go_and_ipv6(sock, cfg)
         exec_command(cfg.command)
     except SetupError as exc:
         _report(sock, str(exc))
@@ -369,15 +487,17 @@ def child_main(sock: socket.socket, cfg: NsConfig, parent: int, uid: int, gid: i
         _report(sock, f"internal error: {exc!r}")
 
 
-def helper_main(sock: socket.socket, cfg: NsConfig, pidfd: int) -> NoReturn:
-    """The forked helper of ``vmlan ns --attach PID``; see the module docstring. Never returns."""
+def helper_main(sock: socket.socket, cfg: NsConfig, ns: Namespace, pidfd: int) -> NoReturn:
+    """A forked helper of ``vmlan ns --attach PID``; see the module docstring. Never returns."""
     try:
         _default_signals()
-        assert cfg.attach is not None
+        assert ns.attach is not None
         unprivileged = os.geteuid() != 0
-        join_namespaces_of(cfg.attach, pidfd)
-        fd = _setup_interface(sock, cfg, unprivileged)
+        join_namespaces_of(ns.attach, pidfd)
+        fd = _setup_interface(sock, cfg, ns, unprivileged)
         send_message(sock, MSG_TAP, IFNAME, fd)
+        os.close(fd)
+        _await_go_and_ipv6(sock, cfg)
         os._exit(0)
     except SetupError as exc:
         _report(sock, str(exc))
