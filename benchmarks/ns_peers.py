@@ -61,6 +61,24 @@ NS_ADDR = "10.0.2.100"
 NS_PORT = 5201
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STACKS = ("vmlan", "slirp4netns", "pasta")
+VMLAN_SRC = REPO / "src"  # --vmlan-src: the vmlan tree to measure (another worktree's, for before/after)
+MODES = ("rr-tcp", "crr", "rr-udp")
+#: vmlan under cProfile, switched on and off by SIGUSR2 (each "off" writes the stats to argv[1]).
+PROFILED_VMLAN = """
+import cProfile, signal, sys
+out = sys.argv[1]
+prof = cProfile.Profile()
+on = []
+def toggle(signum, frame):
+    if on:
+        prof.disable(); on.clear(); prof.dump_stats(out)
+    else:
+        prof.enable(); on.append(1)
+signal.signal(signal.SIGUSR2, toggle)
+sys.argv = ["vmlan", *sys.argv[2:]]
+from vmlan.cli import main
+raise SystemExit(main())
+"""
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 
 
@@ -95,7 +113,7 @@ def _world_usable(path: str) -> bool:
 
 def unprivileged_python() -> tuple[str, str]:
     """(interpreter, PYTHONPATH) with which user nobody can run vmlan from this tree."""
-    src = str(REPO / "src")
+    src = str(VMLAN_SRC)
     if _world_usable(sys.executable) and _world_usable(sysconfig.get_paths()["stdlib"]):
         return sys.executable, src
     packages = [p for p in site.getsitepackages() if _world_usable(p)]
@@ -130,6 +148,8 @@ def pinger(argv: list[str]) -> int:
                 conn.sendall(data)
             conn.close()
     host, port, seconds = argv[1], int(argv[2]), float(argv[3])
+    if len(argv) > 4:  # a fixed number of transactions, after a warm-up and a go line on stdin
+        return _pinger_counted(mode, host, port, int(argv[4]))
     count = 0
     end = time.perf_counter() + seconds
     start = time.perf_counter()
@@ -178,6 +198,46 @@ def pinger(argv: list[str]) -> int:
         raise SystemExit(f"unknown pinger mode {mode}")
     elapsed = time.perf_counter() - start
     print(json.dumps({"count": count, "seconds": elapsed, "per_s": count / elapsed, "us": elapsed / count * 1e6}))
+    return 0
+
+
+def _pinger_counted(mode: str, host: str, port: int, total: int) -> int:
+    """``pinger MODE HOST PORT 0 COUNT``: set up (the connection or flow, and a few warm-up transactions),
+    print ``ready``, wait for a line on stdin, do exactly COUNT transactions, print the JSON figures. What
+    the stack does per transaction is then what a tracer attached between ``ready`` and the end saw."""
+    c: socket.socket | None = None
+    if mode == "rr-tcp":
+        c = socket.create_connection((host, port), timeout=5)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    elif mode == "rr-udp":
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.settimeout(2)
+        c.connect((host, port))
+
+    def one() -> None:
+        if c is None:  # crr
+            with socket.create_connection((host, port), timeout=5) as conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.sendall(b"x")
+                conn.recv(1)
+        else:
+            c.send(b"x")
+            if not c.recv(16):
+                raise SystemExit("connection closed")
+
+    if mode not in ("rr-tcp", "rr-udp", "crr"):
+        raise SystemExit(f"unknown pinger mode {mode}")
+    for _ in range(20):
+        one()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.perf_counter()
+    for _ in range(total):
+        one()
+    elapsed = time.perf_counter() - start
+    if c is not None:
+        c.close()
+    print(json.dumps({"count": total, "seconds": elapsed, "per_s": total / elapsed, "us": elapsed / total * 1e6}))
     return 0
 
 
@@ -243,14 +303,15 @@ class Namespace:
 class Stack:
     """One user-mode stack serving a Namespace: its process, and the host port forwarded to NS_PORT."""
 
-    def __init__(self, kind: str, run: Run, ns: Namespace, mtu: int, tmp: Path) -> None:
+    def __init__(self, kind: str, run: Run, ns: Namespace, mtu: int, tmp: Path, profile_to: Path | None = None) -> None:
         self.kind = kind
         self.fwd = free_port()
         pid = str(ns.pid)
         if kind == "vmlan":
-            python, path = unprivileged_python() if run.unprivileged else (sys.executable, str(REPO / "src"))
+            python, path = unprivileged_python() if run.unprivileged else (sys.executable, str(VMLAN_SRC))
             env = dict(os.environ, PYTHONPATH=path)
-            self.proc = run.spawn([*run.unprivileged, python, "-m", "vmlan", "ns", "-v", "--mtu", str(mtu), "-netdev",
+            entry = ["-m", "vmlan"] if profile_to is None else ["-c", PROFILED_VMLAN, str(profile_to)]
+            self.proc = run.spawn([*run.unprivileged, python, *entry, "ns", "-v", "--mtu", str(mtu), "-netdev",
                                    f"user,hostfwd=tcp:127.0.0.1:{self.fwd}-:{NS_PORT}", "--attach", pid],
                                   env=env, stderr=subprocess.PIPE, text=True, cwd="/")
             assert self.proc.stderr is not None
@@ -370,9 +431,10 @@ def probe(run: Run, ns: Namespace) -> None:
 
 
 @contextlib.contextmanager
-def serving(kind: str, run: Run, mtu: int, tmp: Path) -> Iterator[tuple[Namespace, Stack]]:
+def serving(kind: str, run: Run, mtu: int, tmp: Path, profile_to: Path | None = None
+            ) -> Iterator[tuple[Namespace, Stack]]:
     ns = Namespace(run)
-    stack = Stack(kind, run, ns, mtu, tmp)
+    stack = Stack(kind, run, ns, mtu, tmp, profile_to)
     try:
         probe(run, ns)
         yield ns, stack
@@ -381,11 +443,198 @@ def serving(kind: str, run: Run, mtu: int, tmp: Path) -> Iterator[tuple[Namespac
         run.stop(ns.proc)
 
 
+def counted(run: Run, ns: Namespace, stack: Stack, mode: str, count: int,
+            start: Callable[[], Callable[[], None]]) -> float:
+    """Exactly ``count`` transactions of ``mode`` (after the pinger's set-up and warm-up), with
+    ``start()`` called just before them and what it returns just after: a tracer sees the transactions
+    alone. Returns the pinger's figure (us per round trip, or connections/s for crr) under the tracer."""
+    port = free_port()
+    serve = {"rr-tcp": "serve-tcp", "rr-udp": "serve-udp", "crr": "serve-crr"}[mode]
+    server = run.spawn(["taskset", "-c", "0", *pinger_argv(serve, str(port))], stdout=subprocess.PIPE, text=True,
+                       env=pinger_env())
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            raise BenchError("the pinger server did not start")
+        client = run.spawn([*ns.enter(), "taskset", "-c", "0", *pinger_argv(mode, GATEWAY, str(port), "0", str(count))],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=pinger_env())
+        assert client.stdin is not None and client.stdout is not None
+        if client.stdout.readline().strip() != "ready":
+            raise BenchError(f"pinger {mode} ({stack.kind}) did not get ready (status {client.wait()})")
+        stop = start()
+        try:
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            line = client.stdout.readline()
+            client.wait(60)
+        finally:
+            stop()
+        run.procs.remove(client)
+    finally:
+        run.stop(server)
+    if not line:
+        raise BenchError(f"pinger {mode} ({stack.kind}) failed (status {client.returncode})")
+    result = json.loads(line)
+    return float(result["per_s"] if mode == "crr" else result["us"])
+
+
+_PERF_ROW = re.compile(r"^\s+([a-z_0-9]+)\s+(\d+)\s+(\d+)\s+[\d.]+")
+_STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+)?\s*([a-z_0-9]+)$")
+
+
+def syscall_tracer(run: Run, pid: int, out: Path) -> Callable[[], Callable[[], None]]:
+    """``perf trace -s`` (else ``strace -c -f``) on every thread of ``pid``: the returned start() attaches
+    it, the stop() it returns detaches it; the summary lands in ``out`` (parse it with syscall_counts)."""
+    perf = shutil.which("perf")
+
+    def start() -> Callable[[], None]:
+        if perf is not None:
+            argv = [perf, "trace", "-s", "-p", str(pid), "-o", str(out)]
+        else:
+            argv = ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)]
+        tracer = run.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.5)  # attached (perf opens its events, strace seizes every thread)
+
+        def stop() -> None:
+            time.sleep(0.2)
+            run.stop(tracer, signal.SIGINT)
+
+        return stop
+
+    return start
+
+
+def syscall_counts(out: Path) -> dict[str, tuple[int, int]]:
+    """{syscall: (calls, errors)} summed over threads, from a perf trace -s or strace -c summary."""
+    counts: dict[str, tuple[int, int]] = {}
+    for line in out.read_text().splitlines():
+        m = _PERF_ROW.match(line)
+        if m:
+            name, calls, errors = m.group(1), int(m.group(2)), int(m.group(3))
+        else:
+            m = _STRACE_ROW.match(line)
+            if not m or m.group(3) == "total":
+                continue
+            name, calls, errors = m.group(3), int(m.group(1)), int(m.group(2) or 0)
+        c, e = counts.get(name, (0, 0))
+        counts[name] = (c + calls, e + errors)
+    return counts
+
+
+def syscalls(run: Run, args: argparse.Namespace, tmp: Path) -> None:
+    """--syscalls N: system calls of each stack per transaction, N transactions per mode."""
+    table: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}
+    for kind in [k for k in args.only.split(",") if k]:
+        with serving(kind, run, args.mtu[0], tmp) as (ns, stack):
+            stack.pin(0)
+            for mode in args.modes:
+                out = tmp / f"sys-{kind}-{mode}.txt"
+                figure = counted(run, ns, stack, mode, args.syscalls, syscall_tracer(run, stack.pid, out))
+                table.setdefault(mode, {})[kind] = syscall_counts(out)
+                if args.verbose:
+                    print(f"  {kind} {mode}: {figure:.1f} under the tracer", flush=True)
+    n = args.syscalls
+    for mode, per_kind in table.items():
+        kinds = list(per_kind)
+        print(f"\n== {mode}: system calls per transaction ({n} transactions; errors in parentheses)")
+        print(f"{'syscall':<22}" + "".join(f" {k:>18}" for k in kinds))
+        names = sorted({name for c in per_kind.values() for name in c},
+                       key=lambda nm: -max(c.get(nm, (0, 0))[0] for c in per_kind.values()))
+        for name in names:
+            cells = []
+            for k in kinds:
+                calls, errors = per_kind[k].get(name, (0, 0))
+                cell = f"{calls / n:.2f}" + (f" ({errors / n:.2f})" if errors else "")
+                cells.append(f" {cell if calls else '-':>18}")
+            if max(per_kind[k].get(name, (0, 0))[0] for k in kinds) / n >= 0.005:
+                print(f"{name:<22}" + "".join(cells))
+        print(f"{'total':<22}" + "".join(f" {sum(c for c, _ in per_kind[k].values()) / n:>18.2f}" for k in kinds))
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, in ns (schedstat: exact, unlike the clock ticks of stat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def cpu(run: Run, args: argparse.Namespace, tmp: Path) -> None:
+    """--cpu N: each stack's own CPU time per transaction (and the figure), N transactions per mode."""
+    rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for kind in [k for k in args.only.split(",") if k]:
+        with serving(kind, run, args.mtu[0], tmp) as (ns, stack):
+            stack.pin(0)
+            for mode in args.modes:
+                for _ in range(args.runs):
+                    box: list[int] = []
+
+                    def start(box: list[int] = box, pid: int = stack.pid) -> Callable[[], None]:
+                        box.append(cpu_ns(pid))
+                        return lambda: box.append(cpu_ns(pid))
+
+                    figure = counted(run, ns, stack, mode, args.cpu, start)
+                    used = (box[1] - box[0]) / 1e3 / args.cpu
+                    rows.setdefault(mode, {}).setdefault(kind, []).append((used, figure))
+                    if args.verbose:
+                        print(f"  {kind} {mode}: {used:.1f} us CPU per transaction, figure {figure:.1f}", flush=True)
+    kinds = rows[args.modes[0]]
+    print(f"\n{'median of ' + str(args.runs):<12} " + "".join(f" {k + ' CPU us':>18} {k:>14}" for k in kinds))
+    for mode, per_kind in rows.items():
+        cells = []
+        for values in per_kind.values():
+            cells.append(f" {statistics.median(v[0] for v in values):>18.1f} "
+                         f"{statistics.median(v[1] for v in values):>14.1f}")
+        print(f"{mode:<12} " + "".join(cells))
+    print("(CPU us: the stack's own CPU time per transaction; the figure: us per round trip, crr conn/s)")
+
+
+def _profile_switch(pid: int, out: Path) -> Callable[[], Callable[[], None]]:
+    """start()/stop() for counted(): SIGUSR2 turns PROFILED_VMLAN's profiler on, then off (stats written)."""
+
+    def start() -> Callable[[], None]:
+        os.kill(pid, signal.SIGUSR2)
+
+        def stop() -> None:
+            os.kill(pid, signal.SIGUSR2)
+            wait_until(lambda: out.exists() and out.stat().st_size > 0, 10, "the profile")
+            time.sleep(0.3)
+
+        return stop
+
+    return start
+
+
+def calls(run: Run, args: argparse.Namespace, tmp: Path) -> None:
+    """--calls N: vmlan under cProfile for N transactions per mode: Python calls per transaction."""
+    import pstats
+
+    for mode in args.modes:
+        out = tmp / f"prof-{mode}.pstats"
+        with serving("vmlan", run, args.mtu[0], tmp, profile_to=out) as (ns, stack):
+            stack.pin(0)
+
+            figure = counted(run, ns, stack, mode, args.calls, _profile_switch(stack.pid, out))
+        st = pstats.Stats(str(out))
+        n = args.calls
+        total_calls = sum(v[1] for v in st.stats.values())  # type: ignore[attr-defined]
+        total_time = sum(v[2] for v in st.stats.values())  # type: ignore[attr-defined]
+        print(f"\n== vmlan {mode}: {total_calls / n:.1f} Python function calls and {total_time / n * 1e6:.1f} us "
+              f"(profiled) per transaction ({figure:.1f} under the profiler); by calls per transaction:")
+        rows = sorted(st.stats.items(), key=lambda kv: -kv[1][1])  # type: ignore[attr-defined]
+        for (path, line, name), (_cc, nc, tt, _ct, _callers) in rows[:args.top]:
+            where = re.sub(r"^.*/(?:src/)?(vmlan/)", r"\1", path)
+            print(f"  {nc / n:7.2f} calls {tt / n * 1e6:7.2f} us  {where}:{line}({name})")
+
+
 def measure(kind: str, run: Run, args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
     figures: dict[str, list[float]] = {}
     for mtu in args.mtu:
+        if args.latency_only and mtu != args.mtu[0]:
+            continue
         with serving(kind, run, mtu, tmp) as (ns, stack):
-            for reverse in (False, True):
+            for reverse in (() if args.latency_only else (False, True)):
                 name = f"{'host->ns' if reverse else 'ns->host'} {mtu}"
                 for _ in range(args.runs):
                     r = iperf(run, ns, stack, reverse, args.time)
@@ -393,9 +642,9 @@ def measure(kind: str, run: Run, args: argparse.Namespace, tmp: Path) -> dict[st
                     figures.setdefault(f"cpu {name}", []).append(r["cpu_per_gb"])
                     if args.verbose:
                         print(f"  {kind} {name}: {r['gbps']:.2f} Gb/s, {r['cpu_per_gb']:.2f} CPU s/Gb", flush=True)
-            if mtu == args.mtu[0]:
+            if mtu == args.mtu[0] and args.modes:
                 stack.pin(0)
-                for mode in ("rr-tcp", "crr", "rr-udp"):
+                for mode in args.modes:
                     for _ in range(args.runs):
                         value = pinned(run, ns, stack, mode, args.rr_time)
                         figures.setdefault(mode, []).append(value)
@@ -478,6 +727,7 @@ def profile(run: Run, args: argparse.Namespace, tmp: Path) -> None:
 
 # -- main ------------------------------------------------------------------------------------------------
 def main() -> int:
+    global VMLAN_SRC
     if len(sys.argv) > 1 and sys.argv[1] == "pinger":
         return pinger(sys.argv[2:])
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -488,8 +738,22 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(STACKS), help="stacks to measure, comma-separated")
     parser.add_argument("--json", help="save every run's figures here")
     parser.add_argument("--profile", type=int, default=0, metavar="SECONDS", help="profile vmlan instead")
+    parser.add_argument("--latency-only", action="store_true", help="only the pinned rows (no iperf3)")
+    parser.add_argument("--modes", default=",".join(MODES), help="pinned figures to measure, comma-separated")
+    parser.add_argument("--syscalls", type=int, default=0, metavar="N",
+                        help="instead: system calls of each stack per transaction, over N transactions per mode")
+    parser.add_argument("--calls", type=int, default=0, metavar="N",
+                        help="instead: vmlan's Python calls per transaction (cProfile), over N per mode")
+    parser.add_argument("--cpu", type=int, default=0, metavar="N",
+                        help="instead: each stack's CPU time per transaction, over N transactions per mode")
+    parser.add_argument("--top", type=int, default=30, help="functions listed by --calls")
+    parser.add_argument("--vmlan-src", default=str(VMLAN_SRC), help="the vmlan source tree to run (for before/after)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = parser.parse_args()
+    VMLAN_SRC = Path(args.vmlan_src).resolve()
+    args.modes = [m for m in args.modes.split(",") if m]
+    if set(args.modes) - set(MODES):
+        parser.error(f"--modes: one or more of {', '.join(MODES)}")
     args.mtu = [int(m) for m in args.mtu.split(",")]
     kinds = [k for k in args.only.split(",") if k]
     for tool in ("iperf3", "nsenter", "taskset", "unshare", *(t for t in ("slirp4netns", "pasta") if t in kinds)):
@@ -508,6 +772,15 @@ def main() -> int:
         print(f"load before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
         if args.profile:
             profile(run, args, tmp)
+            return 0
+        if args.syscalls:
+            syscalls(run, args, tmp)
+            return 0
+        if args.cpu:
+            cpu(run, args, tmp)
+            return 0
+        if args.calls:
+            calls(run, args, tmp)
             return 0
         results = {}
         for kind in kinds:
