@@ -28,6 +28,11 @@ the namespace run under ``nsenter -t PID -n``. Figures (each the median of ``--r
   and TCP connections per second (connect, 1 byte each way, close), with the small pinger below
   (``pinger serve-tcp|serve-udp|serve-crr PORT``, ``pinger rr-tcp|rr-udp|crr HOST PORT SECONDS``).
 
+* TCP over IPv6 through vmlan (its fec0::/64; slirp4netns and pasta are left at IPv4 here): the same
+  iperf3 runs, ns->host to an iperf3 -s on the host's ::1 via fec0::2, host->ns from [::1]:F6 by
+  ``hostfwd=tcp:[::1]:F6-[fec0::5054:ff:fe12:3456]:5201`` (the namespace's SLAAC address), printed
+  beside the IPv4 figures with the IPv6/IPv4 ratio (``--no-ipv6`` leaves them out).
+
 ``--profile SECONDS``: instead of the comparison, py-spy samples vmlan for SECONDS during an iperf3
 ns->host and host->ns run at MTU 1500 and prints the 25 functions with the most samples (self time).
 """
@@ -57,6 +62,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY = "10.0.2.2"
+GATEWAY6 = "fec0::2"
+NS_ADDR6 = "fec0::5054:ff:fe12:3456"  # SLAAC (EUI-64) of vmlan ns's first tap0 MAC, 52:54:00:12:34:56
 NS_ADDR = "10.0.2.100"
 NS_PORT = 5201
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -306,13 +313,15 @@ class Stack:
     def __init__(self, kind: str, run: Run, ns: Namespace, mtu: int, tmp: Path, profile_to: Path | None = None) -> None:
         self.kind = kind
         self.fwd = free_port()
+        self.fwd6 = free_port()
         pid = str(ns.pid)
         if kind == "vmlan":
             python, path = unprivileged_python() if run.unprivileged else (sys.executable, str(VMLAN_SRC))
             env = dict(os.environ, PYTHONPATH=path)
             entry = ["-m", "vmlan"] if profile_to is None else ["-c", PROFILED_VMLAN, str(profile_to)]
             self.proc = run.spawn([*run.unprivileged, python, *entry, "ns", "-v", "--mtu", str(mtu), "-netdev",
-                                   f"user,hostfwd=tcp:127.0.0.1:{self.fwd}-:{NS_PORT}", "--attach", pid],
+                                   f"user,hostfwd=tcp:127.0.0.1:{self.fwd}-:{NS_PORT},"
+                                   f"hostfwd=tcp:[::1]:{self.fwd6}-[{NS_ADDR6}]:{NS_PORT}", "--attach", pid],
                                   env=env, stderr=subprocess.PIPE, text=True, cwd="/")
             assert self.proc.stderr is not None
             for line in self.proc.stderr:
@@ -373,15 +382,16 @@ def iperf_server(run: Run, prefix: Sequence[str], bind: str, port: int) -> subpr
     raise BenchError(f"iperf3 -s did not start (status {server.wait()})")
 
 
-def iperf(run: Run, ns: Namespace, stack: Stack, reverse: bool, seconds: int) -> dict[str, float]:
+def iperf(run: Run, ns: Namespace, stack: Stack, reverse: bool, seconds: int, v6: bool = False) -> dict[str, float]:
     """One iperf3 run: Gb/s received and the stack's CPU seconds per Gb."""
     if reverse:
-        server = iperf_server(run, ns.enter(), "0.0.0.0", NS_PORT)
-        client = ["iperf3", "-c", "127.0.0.1", "-p", str(stack.fwd), "-t", str(seconds), "-J"]
+        server = iperf_server(run, ns.enter(), "::" if v6 else "0.0.0.0", NS_PORT)
+        client = ["iperf3", "-c", "::1" if v6 else "127.0.0.1", "-p", str(stack.fwd6 if v6 else stack.fwd),
+                  "-t", str(seconds), "-J"]
     else:
         port = free_port()
-        server = iperf_server(run, [], "127.0.0.1", port)
-        client = [*ns.enter(), "iperf3", "-c", GATEWAY, "-p", str(port), "-t", str(seconds), "-J"]
+        server = iperf_server(run, [], "::1" if v6 else "127.0.0.1", port)
+        client = [*ns.enter(), "iperf3", "-c", GATEWAY6 if v6 else GATEWAY, "-p", str(port), "-t", str(seconds), "-J"]
     try:
         cpu0 = cpu_seconds(stack.pid)
         out = subprocess.run(client, capture_output=True, text=True, timeout=seconds + 60)
@@ -413,6 +423,15 @@ def pinned(run: Run, ns: Namespace, stack: Stack, mode: str, seconds: float) -> 
         raise BenchError(f"pinger {mode} ({stack.kind}) failed: {out.stderr[-400:]}")
     result = json.loads(out.stdout)
     return float(result["per_s"] if mode == "crr" else result["us"])
+
+
+def wait_ipv6(ns: Namespace) -> None:
+    """Until the namespace's SLAAC address from vmlan's router advertisement is usable (DAD done)."""
+    def usable() -> bool:
+        out = subprocess.run([*ns.enter(), "ip", "-6", "-o", "addr", "show", "dev", "tap0"], capture_output=True,
+                             text=True)
+        return any(NS_ADDR6 in line and "tentative" not in line for line in out.stdout.splitlines())
+    wait_until(usable, 20, f"the namespace's IPv6 address {NS_ADDR6}")
 
 
 def probe(run: Run, ns: Namespace) -> None:
@@ -634,14 +653,20 @@ def measure(kind: str, run: Run, args: argparse.Namespace, tmp: Path) -> dict[st
         if args.latency_only and mtu != args.mtu[0]:
             continue
         with serving(kind, run, mtu, tmp) as (ns, stack):
-            for reverse in (() if args.latency_only else (False, True)):
-                name = f"{'host->ns' if reverse else 'ns->host'} {mtu}"
-                for _ in range(args.runs):
-                    r = iperf(run, ns, stack, reverse, args.time)
-                    figures.setdefault(f"tcp {name}", []).append(r["gbps"])
-                    figures.setdefault(f"cpu {name}", []).append(r["cpu_per_gb"])
-                    if args.verbose:
-                        print(f"  {kind} {name}: {r['gbps']:.2f} Gb/s, {r['cpu_per_gb']:.2f} CPU s/Gb", flush=True)
+            families = (False, True) if kind == "vmlan" and args.ipv6 else (False,)
+            if True in families and not args.latency_only:
+                wait_ipv6(ns)
+            for v6 in families:
+                for reverse in (() if args.latency_only else (False, True)):
+                    name = f"{'host->ns' if reverse else 'ns->host'} {mtu}"
+                    tcp, cpu = ("tcp6", "cpu6") if v6 else ("tcp", "cpu")
+                    for _ in range(args.runs):
+                        r = iperf(run, ns, stack, reverse, args.time, v6)
+                        figures.setdefault(f"{tcp} {name}", []).append(r["gbps"])
+                        figures.setdefault(f"{cpu} {name}", []).append(r["cpu_per_gb"])
+                        if args.verbose:
+                            print(f"  {kind} {tcp} {name}: {r['gbps']:.2f} Gb/s, {r['cpu_per_gb']:.2f} CPU s/Gb",
+                                  flush=True)
             if mtu == args.mtu[0] and args.modes:
                 stack.pin(0)
                 for mode in args.modes:
@@ -682,6 +707,18 @@ def report(results: dict[str, dict[str, list[float]]], mtus: list[int]) -> None:
                 line += f" {values['vmlan'] / values['slirp4netns']:>12.2f}"
             print(line)
     print("(us: lower is better; conn/s and Gb/s: higher; CPU s/Gb: lower. pasta's host->ns is its loopback splice.)")
+    v6_rows = [(k4.format(m=m), k6.format(m=m), label.format(m=m), unit) for m in mtus for k4, k6, label, unit in (
+        ("tcp ns->host {m}", "tcp6 ns->host {m}", "TCP ns->host, MTU {m}", "Gb/s"),
+        ("tcp host->ns {m}", "tcp6 host->ns {m}", "TCP host->ns, MTU {m}", "Gb/s"),
+        ("cpu ns->host {m}", "cpu6 ns->host {m}", "stack CPU per Gb, ns->host, MTU {m}", "CPU s/Gb"),
+        ("cpu host->ns {m}", "cpu6 host->ns {m}", "stack CPU per Gb, host->ns, MTU {m}", "CPU s/Gb"))]
+    vm = results.get("vmlan", {})
+    if any(k6 in vm and k4 in vm for k4, k6, _, _ in v6_rows):
+        print(f"\n{'vmlan, IPv6 beside IPv4 (median)':<42} {'unit':>8} {'IPv4':>12} {'IPv6':>12} {'IPv6/IPv4':>12}")
+        for k4, k6, label, unit in v6_rows:
+            if k4 in vm and k6 in vm:
+                a, b = statistics.median(vm[k4]), statistics.median(vm[k6])
+                print(f"{label:<42} {unit:>8} {a:>12.2f} {b:>12.2f} {b / a if a else float('nan'):>12.2f}")
 
 
 # -- profiling -------------------------------------------------------------------------------------------
@@ -748,6 +785,8 @@ def main() -> int:
                         help="instead: each stack's CPU time per transaction, over N transactions per mode")
     parser.add_argument("--top", type=int, default=30, help="functions listed by --calls")
     parser.add_argument("--vmlan-src", default=str(VMLAN_SRC), help="the vmlan source tree to run (for before/after)")
+    parser.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=True,
+                        help="vmlan's iperf3 figures over IPv6 too, beside IPv4")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = parser.parse_args()
     VMLAN_SRC = Path(args.vmlan_src).resolve()
