@@ -16,6 +16,13 @@ console) between unique begin/end marker lines. State does not carry over betwee
 variables), but files and background processes do. The whole console transcript is written to
 ``workdir/<name>.console.log`` (commands are noted there as ``### run N: ...`` lines) and QEMU's own
 stderr to ``workdir/<name>.qemu.log``.
+
+IPv6 state is read from /proc, because busybox's ``ip`` misreports some of it (every RA route "expires
+0sec"): ``g.ipv6_addresses()`` (/proc/net/if_inet6), ``g.ipv6_routes()`` (/proc/net/ipv6_route),
+``g.snmp6()`` (/proc/net/snmp6 counters such as ``Icmp6InRouterAdvertisements``), and the waits
+``g.wait_ipv6_address("fec0::/64")`` (an address of the prefix that finished duplicate address detection)
+and ``g.wait_ipv6_default_route()``. ``slaac_address(prefix, mac)`` is the EUI-64 address a Linux guest
+forms from a router advertisement (RFC 4291 appendix A).
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from . import GuestImage
 
@@ -56,6 +65,104 @@ class GuestError(AssertionError):
 
 class GuestTimeout(GuestError):
     pass
+
+
+_T = TypeVar("_T")
+
+# /proc/net/if_inet6's flags column is the low byte of the address's IFA_F_* flags (linux/if_addr.h).
+IFA_F_DADFAILED = 0x08
+IFA_F_DEPRECATED = 0x20
+IFA_F_TENTATIVE = 0x40
+IFA_F_PERMANENT = 0x80
+# The scope column (net/ipv6/addrconf_core.c, IPV6_ADDR_*): what `ip` prints as global/host/link/site.
+SCOPE_GLOBAL, SCOPE_HOST, SCOPE_LINK, SCOPE_SITE = 0x00, 0x10, 0x20, 0x40
+# /proc/net/ipv6_route flags (linux/ipv6_route.h, linux/route.h).
+RTF_UP, RTF_GATEWAY, RTF_DEFAULT, RTF_ADDRCONF, RTF_REJECT = 0x1, 0x2, 0x10000, 0x40000, 0x200
+
+
+@dataclass(frozen=True)
+class Inet6Address:
+    """One line of /proc/net/if_inet6."""
+
+    address: str  # compressed text form
+    prefixlen: int
+    scope: int  # SCOPE_*
+    flags: int  # IFA_F_* (low byte)
+    device: str
+
+    @property
+    def tentative(self) -> bool:
+        return bool(self.flags & IFA_F_TENTATIVE)
+
+    @property
+    def usable(self) -> bool:
+        """Duplicate address detection is over and succeeded, and the address is still preferred."""
+        return not self.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED | IFA_F_DEPRECATED)
+
+
+@dataclass(frozen=True)
+class Ipv6Route:
+    """One line of /proc/net/ipv6_route (the main and local tables together)."""
+
+    destination: IPv6Network
+    next_hop: str  # "::" for an on-link route
+    metric: int
+    flags: int  # RTF_*
+    device: str
+
+    @property
+    def is_default(self) -> bool:
+        """A usable default route (not the reject route for ::/0 on lo that every kernel has)."""
+        return self.destination.prefixlen == 0 and self.flags & RTF_UP != 0 and not self.flags & RTF_REJECT
+
+
+def _hex_ipv6(text: str) -> str:
+    return str(IPv6Address(bytes.fromhex(text)))
+
+
+def parse_if_inet6(text: str) -> list[Inet6Address]:
+    """/proc/net/if_inet6: ``address(32 hex) ifindex prefixlen scope flags device``, numbers in hex."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 6 or len(fields[0]) != 32:
+            continue
+        out.append(Inet6Address(_hex_ipv6(fields[0]), int(fields[2], 16), int(fields[3], 16), int(fields[4], 16),
+                                fields[5]))
+    return out
+
+
+def parse_ipv6_route(text: str) -> list[Ipv6Route]:
+    """/proc/net/ipv6_route: ``dest plen src plen next_hop metric refcnt use flags device``, in hex."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 10 or len(fields[0]) != 32:
+            continue
+        dest = IPv6Network((IPv6Address(bytes.fromhex(fields[0])), int(fields[1], 16)))
+        out.append(Ipv6Route(dest, _hex_ipv6(fields[4]), int(fields[5], 16), int(fields[8], 16), fields[9]))
+    return out
+
+
+def parse_snmp6(text: str) -> dict[str, int]:
+    """/proc/net/snmp6: one ``Name value`` pair per line."""
+    out = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit():
+            out[fields[0]] = int(fields[1])
+    return out
+
+
+def slaac_address(prefix: str, mac: str) -> str:
+    """The address SLAAC forms from a /64 ``prefix`` and a MAC with Linux's default addr_gen_mode
+    (modified EUI-64, RFC 4291 appendix A: the universal/local bit flipped, ff:fe in the middle)."""
+    net = IPv6Network(prefix)
+    if net.prefixlen != 64:
+        raise ValueError(f"SLAAC needs a /64 prefix, not {prefix}")
+    octets = bytes.fromhex(_check_mac(mac).replace(":", ""))
+    iid = bytes([octets[0] ^ 0x02]) + octets[1:3] + b"\xff\xfe" + octets[3:]
+    return str(IPv6Address(net.network_address.packed[:8] + iid))
 
 
 MakeGuest = Callable[..., "Guest"]
@@ -364,6 +471,60 @@ class Guest:
                 self._describe(f"command {cmd!r} failed with exit status {status}\n--- output ---\n{output}")
             )
         return output
+
+    # ------------------------------------------------------------------ IPv6 state (from /proc)
+
+    def wait_until(self, probe: Callable[[], _T], timeout: float, what: str, interval: float = 0.25) -> _T:
+        """Call ``probe`` (which may run guest commands) until it returns something true; return that.
+        GuestTimeout (with the console tail) after ``timeout`` seconds."""
+        __tracebackhide__ = True
+        deadline = time.monotonic() + timeout
+        while True:
+            value = probe()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise GuestTimeout(self._describe(f"timed out after {timeout:g} s waiting for {what} "
+                                                  f"(last: {value!r})"))
+            time.sleep(interval)
+
+    def ipv6_addresses(self, device: str | None = "eth0") -> list[Inet6Address]:
+        """The guest's IPv6 addresses (of ``device``, or all with None)."""
+        addrs = parse_if_inet6(self.check("cat /proc/net/if_inet6"))
+        return [a for a in addrs if device is None or a.device == device]
+
+    def ipv6_routes(self) -> list[Ipv6Route]:
+        return parse_ipv6_route(self.check("cat /proc/net/ipv6_route"))
+
+    def snmp6(self) -> dict[str, int]:
+        """The guest kernel's IPv6/ICMPv6 counters (``Icmp6OutRouterSolicits``, ``Icmp6InEchoReplies``...)."""
+        return parse_snmp6(self.check("cat /proc/net/snmp6"))
+
+    def wait_ipv6_address(self, network: str = "fec0::/64", device: str = "eth0",
+                          timeout: float = 90.0) -> Inet6Address:
+        """Wait until ``device`` has an address in ``network`` that passed duplicate address detection
+        (tentative -> preferred) and return it; a SLAAC address needs a router advertisement first."""
+        __tracebackhide__ = True
+        net = IPv6Network(network)
+
+        def probe() -> Inet6Address | None:
+            return next((a for a in self.ipv6_addresses(device) if IPv6Address(a.address) in net and a.usable), None)
+
+        found = self.wait_until(probe, timeout, f"a preferred IPv6 address in {net} on {device}")
+        assert found is not None
+        return found
+
+    def wait_ipv6_default_route(self, device: str = "eth0", timeout: float = 90.0) -> Ipv6Route:
+        """Wait for a default route on ``device`` (from a router advertisement: via the router's
+        link-local address) and return it."""
+        __tracebackhide__ = True
+
+        def probe() -> Ipv6Route | None:
+            return next((r for r in self.ipv6_routes() if r.is_default and r.device == device), None)
+
+        found = self.wait_until(probe, timeout, f"an IPv6 default route on {device}")
+        assert found is not None
+        return found
 
 
 def wait_tcp_listening(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
