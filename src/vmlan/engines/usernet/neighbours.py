@@ -9,7 +9,7 @@ the same port could not. What ARP does here:
   RFC 5227) or an address that MAC owns or may claim (guests.py); anything else is spoofing, dropped;
 * a reply (to the requests the stack sends for hostfwd targets it has not heard from) binds the address.
 
-NDP (IPv6) will live beside it.
+NDP (IPv6) is the Ndp class below: the router side of RFC 4861, with the same identity rules.
 
     ARP for IPv4 over Ethernet (RFC 826), after the 14-byte Ethernet header
      0                   1                   2                   3
