@@ -445,8 +445,7 @@ def test_a_hostfwd_port_in_use_fails_before_cmd_runs(who: Who, vmlan_ns: Any, tm
     assert_clean(run, None, before)
 
 
-@pytest.fixture
-def target(who: Who) -> Iterator[subprocess.Popen[bytes]]:
+def spawn_target(who: Who) -> subprocess.Popen[bytes]:
     """A process in a network namespace of its own (``unshare -rn`` as nobody, ``unshare -n`` as root)."""
     argv = ["unshare", "-n", "sleep", "infinity"] if who.name == "root" else [*who.prefix, "unshare", "-rn", "sleep",
                                                                                "infinity"]
@@ -454,6 +453,12 @@ def target(who: Who) -> Iterator[subprocess.Popen[bytes]]:
     ours = os.stat("/proc/self/ns/net").st_ino
     wait_for(lambda: os.stat(f"/proc/{proc.pid}/ns/net").st_ino != ours and
              os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"), what="the target's namespace")
+    return proc
+
+
+@pytest.fixture
+def target(who: Who) -> Iterator[subprocess.Popen[bytes]]:
+    proc = spawn_target(who)
     yield proc
     if proc.poll() is None:
         proc.kill()

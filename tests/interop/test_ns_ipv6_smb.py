@@ -26,10 +26,18 @@ from typing import Any
 
 import pytest
 
-from netns import wait_for
 from servers import _HEADER, QTYPE_AAAA, DnsServer, HttpServer, _decode_name, _HTTPServer, expected_sha256
 from tests.interop import test_ns as base
-from tests.interop.test_ns import Who, _in_target, _netns_holders, _who, assert_clean, cmd, vmlan_dir_exists
+from tests.interop.test_ns import (
+    Who,
+    _in_target,
+    _netns_holders,
+    _who,
+    assert_clean,
+    cmd,
+    spawn_target,
+    vmlan_dir_exists,
+)
 
 # test_ns.py's fixtures, used here by name
 tun_for_everyone, vmlan_ns, who = base.tun_for_everyone, base.vmlan_ns, base.who
@@ -326,20 +334,9 @@ def test_a_closed_port_on_fec0_2_is_refused_at_once_tcp_by_rst_udp_by_icmpv6(who
 
 
 # -- several namespaces on one stack -------------------------------------------------------------------------
-def _target(who: Who) -> subprocess.Popen[bytes]:
-    """A process in a network namespace of its own (``unshare -rn`` as nobody, ``unshare -n`` as root)."""
-    argv = ["unshare", "-n", "sleep", "infinity"] if who.name == "root" else [*who.prefix, "unshare", "-rn", "sleep",
-                                                                               "infinity"]
-    proc = subprocess.Popen(argv)
-    ours = os.stat("/proc/self/ns/net").st_ino
-    wait_for(lambda: os.stat(f"/proc/{proc.pid}/ns/net").st_ino != ours and
-             os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"), what="the target's namespace")
-    return proc
-
-
 @pytest.fixture
 def targets(who: Who) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs = [_target(who), _target(who)]
+    procs = [spawn_target(who), spawn_target(who)]
     yield procs
     for proc in procs:
         if proc.poll() is None:
