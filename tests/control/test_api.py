@@ -52,7 +52,8 @@ async def exercise(c: httpx.AsyncClient, runtime_dir: Path) -> None:
     assert r.status_code == 201, r.text
     uuid = r.json()["uuid"]
     assert r.json() == {"name": "lab", "uuid": uuid, "active": False, "autostart": False, "persistent": True,
-                        "mode": "rootless", "backend": None, "bridge": "virbr1"}
+                        "mode": "rootless", "backend": None, "bridge": "virbr1",
+                        "addresses": ["192.168.60.1/24"]}
     r = await c.post("/networks", json={"xml": LAB.replace("<name>lab</name>", "<name>lab</name><uuid>"
                                                            "11111111-2222-3333-4444-555555555555</uuid>")})
     assert r.status_code == 409 and "already exists with uuid" in r.json()["detail"]
