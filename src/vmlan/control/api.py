@@ -16,10 +16,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from vmlan import __version__
+from vmlan.control import dashboard
 from vmlan.control.backends import ForwardRule
 from vmlan.control.daemon import Daemon, DaemonError, Defined
 
@@ -48,6 +49,7 @@ class NetworkSummary(BaseModel):
     mode: str = Field(description="the backend asked for: auto, rootless or privileged")
     backend: str | None = Field(description="the backend running it (rootless/privileged), None if inactive")
     bridge: str | None
+    addresses: list[str] = Field(description="the <ip> addresses with their prefix length, as defined")
 
 
 class XmlDocument(BaseModel):
@@ -154,7 +156,8 @@ def _summary(daemon: Daemon, d: Defined) -> NetworkSummary:
     return NetworkSummary(name=d.name, uuid=str(d.net.uuid), active=running is not None, autostart=d.row.autostart,
                           persistent=d.row.persistent, mode=d.row.mode,
                           backend=running.mode if running is not None else None,
-                          bridge=running.bridge if running is not None and running.bridge else d.net.bridge)
+                          bridge=running.bridge if running is not None and running.bridge else d.net.bridge,
+                          addresses=[f"{ip.address}/{ip.prefixlen}" for ip in d.net.ips])
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -370,6 +373,25 @@ def create_app(daemon: Daemon) -> FastAPI:
                 daemon.unsubscribe(sub)
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+    # -- the web dashboard (static, not part of the API's document) -----------------------------------
+    def static(name: str) -> Response:
+        found = dashboard.ASSETS.get(name)
+        if found is None:
+            raise DaemonError(404, f"no dashboard file '{name}'")
+        return Response(found.body, media_type=found.media_type, headers=dashboard.HEADERS)
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard_root() -> Response:
+        return static("index.html")
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard_page() -> Response:
+        return static("index.html")
+
+    @app.get("/dashboard/{name}", include_in_schema=False)
+    async def dashboard_asset(name: str) -> Response:
+        return static(name)
 
     _ = Body  # imported for FastAPI's annotations elsewhere
     return app
