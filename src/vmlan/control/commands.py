@@ -40,6 +40,8 @@ gvisor-tap-vsock/passt-style tools:
   net-dns NETWORK             net-dns-add NETWORK NAME IP       net-dns-remove NETWORK NAME [IP]
   net-mac-table NETWORK       net-status NETWORK                stats
   events [--limit N]          server-sent events as lines: KIND JSON
+web dashboard:
+  dashboard [--listen 127.0.0.1:8470]   the daemon's page on a loopback port; prints its URL with a token
 """
 
 
@@ -262,6 +264,21 @@ def run_command(cmd: str, args: list[str], client: Client, out: Callable[[str], 
         for kind, data in client.events(limit):
             out(f"{kind} {json.dumps(data, sort_keys=True)}\n")
             sys.stdout.flush()
+    elif cmd == "dashboard":
+        from vmlan.control.dashboard import proxy
+
+        pos, opts = _flags(args, {"listen": True})
+        if pos:
+            raise UsageError("takes no arguments")
+        try:
+            proxy.parse_listen(str(opts.get("listen", proxy.DEFAULT_LISTEN)))
+        except proxy.ListenError as exc:
+            raise UsageError(str(exc)) from None
+        client.request("GET", "/version")  # the daemon is there and answers, else one line and exit 1
+        try:
+            proxy.run(str(opts.get("listen", proxy.DEFAULT_LISTEN)), client.path, out)
+        except proxy.ProxyError as exc:
+            raise ClientError(str(exc)) from None
     else:
         raise UsageError(f"unknown command '{cmd}'")
 
@@ -299,6 +316,7 @@ COMMANDS = frozenset({
     "net-info", "net-dumpxml", "net-dhcp-leases", "attach", "detach", "domxml-to-native", "monitor",
     "hostfwd_add", "hostfwd_remove", "netdev_add", "netdev_del", "set_link", "net-forwards", "net-expose",
     "net-unexpose", "net-dns", "net-dns-add", "net-dns-remove", "net-mac-table", "net-status", "stats", "events",
+    "dashboard",
 })
 
 
