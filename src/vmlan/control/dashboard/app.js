@@ -177,6 +177,10 @@ async function panel(id, load) {
     panelError(id, null);
   } catch (err) {
     panelError(id, err.message);
+    // nothing stale under the message
+    for (const node of panelOf(id).querySelectorAll("tbody, dl, pre")) {
+      node.replaceChildren();
+    }
   }
 }
 
