@@ -1,7 +1,8 @@
 """The web dashboard: the page and its files as the daemon serves them (types, CSP, nothing external),
 every API call in app.js checked against the app's OpenAPI document, no HTML-injection sink in the
-script, and ``vmlan dashboard`` end to end against a real daemon (token, cookie, 403s, JSON and
-server-sent events through the proxy, loopback-only --listen)."""
+script, and ``vmlan dashboard`` end to end against a real daemon (the page public, the API only with the
+X-Vmlan-Token header, no cookie, preflights refused, JSON and server-sent events through the proxy,
+loopback-only --listen)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pytest
 from vmlan.control import dashboard
 from vmlan.control.api import create_app
 from vmlan.control.daemon import Daemon
-from vmlan.control.dashboard.proxy import ListenError, Proxy, _loopback_host, parse_head, parse_listen
+from vmlan.control.dashboard.proxy import ListenError, Proxy, _loopback_host, parse_head, parse_listen, upstream_head
 from vmlan.control.openapi import generate
 
 from .conftest import DaemonProcess
@@ -88,10 +89,13 @@ def _documented(schema: dict[str, object], method: str, template: str) -> bool:
     return False
 
 
-def js_calls() -> list[tuple[str, str]]:
-    """Every (method, path template) app.js asks for: api("METHOD", PATH ...) and new EventSource(PATH)."""
-    calls = [(m, s[1:-1]) for m, s in re.findall(r'\bapi\(\s*"([A-Z]+)",\s*' + STRING, CODE)]
-    calls += [("GET", s[1:-1]) for s in re.findall(r"new EventSource\(\s*" + STRING, CODE)]
+def js_calls(code: str = CODE) -> list[tuple[str, str]]:
+    """Every (method, path template) app.js asks for: api("METHOD", PATH ...) and fetch(PATH, {...}) (GET
+    unless its init names a method)."""
+    calls = [(m, s[1:-1]) for m, s in re.findall(r'\bapi\(\s*"([A-Z]+)",\s*' + STRING, code)]
+    for path, init in re.findall(r"\bfetch\(\s*" + STRING + r"\s*(?:,\s*\{([^{}]*)\})?\s*\)", code):
+        method = re.search(r'\bmethod:\s*"([A-Z]+)"', init)
+        calls.append((method.group(1) if method else "GET", path[1:-1]))
     return calls
 
 
@@ -99,8 +103,15 @@ def test_every_api_call_in_the_script_is_documented() -> None:
     schema = generate()
     calls = js_calls()
     # every call site is one the parser understood: a literal method and path, nothing built elsewhere
-    assert len(calls) == len(re.findall(r"\bapi\(", CODE)) - 1 + CODE.count("EventSource(")
-    assert CODE.count("fetch(") == 1 and "XMLHttpRequest" not in CODE and "WebSocket" not in CODE
+    # (api()'s own fetch(path, init) is the one fetch with a variable path)
+    fetches = len(re.findall(r"\bfetch\(", CODE))
+    assert CODE.count("fetch(path, init)") == 1
+    assert len(calls) == len(re.findall(r"\bapi\(", CODE)) - 1 + fetches - 1
+    assert ("GET", "/events") in calls
+    assert "XMLHttpRequest" not in CODE and "WebSocket" not in CODE and "EventSource" not in CODE
+    # and each fetch sends the token header (EventSource could not: that is why /events is a fetch)
+    assert len(re.findall(r"\bheaders: authHeaders\(", CODE)) == fetches
+    assert re.search(r'"X-Vmlan-Token": TOKEN', CODE)
     wrong = [(m, p) for m, p in calls if not _documented(schema, m, p)]
     assert not wrong, f"app.js calls paths the API does not have: {wrong}"
     used = {(m, re.sub(r"\$\{[^}]*\}", "X", p.split("?")[0])) for m, p in calls}
@@ -113,6 +124,26 @@ def test_every_api_call_in_the_script_is_documented() -> None:
     assert not _documented(schema, "GET", "/networks/${n}/lease")
     assert not _documented(schema, "POST", "/networks/${n}/leases")
     assert not _documented(schema, "GET", "/networks/${n}/forwards/${p}")
+
+
+def test_js_calls_parser_sees_fetch_methods() -> None:
+    """The counting above relies on js_calls reading a fetch's method; a POST fetch must not pass as GET."""
+    code = 'api("GET", "/version"); fetch("/events", {headers: h}); fetch(`/networks/${n}/start`, {method: "POST"});'
+    assert js_calls(code) == [("GET", "/version"), ("GET", "/events"), ("POST", "/networks/${n}/start")]
+
+
+def test_script_keeps_the_token_per_origin() -> None:
+    """The token comes from the fragment, lives in sessionStorage (per origin, port included) and leaves
+    the address bar; never a cookie or localStorage, never the query string."""
+    assert "location.hash" in CODE and "sessionStorage.setItem(TOKEN_KEY" in CODE
+    assert "history.replaceState(" in CODE
+    for unwanted in ("document.cookie", "localStorage", "location.search.get", "?token", 'credentials: "include"'):
+        assert unwanted not in CODE, unwanted
+    assert CODE.count('credentials: "omit"') == 2
+    # opened without the token: one line saying where it is, and the API left alone
+    line = re.search(r'<p id="no-token"[^>]*hidden>(.*?)</p>', INDEX, re.S)
+    assert line and "vmlan dashboard" in line.group(1) and "#token=" in line.group(1)
+    assert re.search(r'if \(TOKEN === null\) \{[^}]*\$\("no-token"\)\.hidden = false;[^}]*return;', CODE)
 
 
 def test_script_never_inserts_markup() -> None:
@@ -150,10 +181,32 @@ def test_host_header_and_head_parsing() -> None:
     assert parse_head(b"GET http://evil/ HTTP/1.1") is None and parse_head(b"junk") is None
     assert parse_head(b"GET / HTTP/1.1\r\nno colon") is None
     proxy = Proxy(Path("/nonexistent"), token="t0k")
-    ok = parse_head(b"POST / HTTP/1.1\r\nHost: localhost\r\nCookie: vmlan_dashboard=t0k\r\nOrigin: http://localhost:1")
-    assert ok is not None and proxy.check(ok) is None
-    cross = parse_head(b"POST / HTTP/1.1\r\nHost: localhost\r\nCookie: vmlan_dashboard=t0k\r\nOrigin: http://a.example")
-    assert cross is not None and (proxy.check(cross) or b"").startswith(b"HTTP/1.1 403")
+
+    def check(head: bytes) -> bytes:
+        req = parse_head(head)
+        assert req is not None
+        return proxy.check(req) or b""
+
+    assert check(b"POST /x HTTP/1.1\r\nHost: localhost:1\r\nX-Vmlan-Token: t0k\r\nOrigin: http://localhost:1") == b""
+    assert check(b"GET /x HTTP/1.1\r\nHost: localhost\r\nx-vmlan-token: t0k") == b""
+    assert check(b"GET /dashboard/app.js?v=1 HTTP/1.1\r\nHost: 127.0.0.1") == b""
+    for head in (b"POST /x HTTP/1.1\r\nHost: localhost:1\r\nX-Vmlan-Token: t0k\r\nOrigin: http://a.example",
+                 b"POST /x HTTP/1.1\r\nHost: localhost:1\r\nX-Vmlan-Token: t0k\r\nOrigin: http://localhost:2",
+                 b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Vmlan-Token: t0K",
+                 b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Vmlan-Token: t0kk",
+                 b"GET /x HTTP/1.1\r\nHost: localhost\r\nCookie: vmlan_dashboard=t0k",
+                 b"GET /x?token=t0k HTTP/1.1\r\nHost: localhost",
+                 b"POST / HTTP/1.1\r\nHost: localhost",
+                 b"OPTIONS /x HTTP/1.1\r\nHost: localhost\r\nX-Vmlan-Token: t0k",
+                 b"GET / HTTP/1.1\r\nHost: a.example"):
+        answer = check(head)
+        assert answer.startswith(b"HTTP/1.1 403") and b"Content-Type: application/json" in answer, head
+        assert b"access-control" not in answer.lower()
+    # what reaches the daemon: no token, no cookie, one Connection: close
+    req = parse_head(b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Vmlan-Token: t0k\r\nCookie: a=b\r\n"
+                     b"Connection: keep-alive\r\nAccept: */*")
+    assert req is not None
+    assert upstream_head(req) == b"GET /x HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n\r\n"
 
 
 class DashboardProcess:
@@ -169,9 +222,10 @@ class DashboardProcess:
             if not ready or self.proc.poll() is not None:
                 raise AssertionError(f"vmlan dashboard gave no URL: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
             line = self.proc.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:(\d+))/\?token=([A-Za-z0-9_-]+)", line)
-        assert match, line
-        self.base, self.token = match.group(1), match.group(3)
+        self.line = line
+        match = re.search(r"(http://127\.0\.0\.1:(\d+))/#token=([A-Za-z0-9_-]+)$", line.strip())
+        assert match and "?token" not in line, line
+        self.base, self.port, self.token = match.group(1), match.group(2), match.group(3)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -189,36 +243,58 @@ def proxied(daemon_proc: DaemonProcess) -> Iterator[tuple[DaemonProcess, Dashboa
             p.proc.wait()
 
 
+def _no_cors(r: httpx.Response) -> bool:
+    return not any(k.lower().startswith("access-control-") for k in r.headers)
+
+
 def test_proxy_end_to_end(proxied: tuple[DaemonProcess, DashboardProcess], tmp_path: Path) -> None:
     d, p = proxied
+    auth = {"X-Vmlan-Token": p.token}
     with httpx.Client(base_url=p.base, timeout=30, follow_redirects=False) as anon:
-        for path in ("/", "/networks", "/dashboard/app.js", "/events", "/?token=wrong", "/?token="):
+        # the page and its files: public, static, no cookie set
+        for path, body in (("/", INDEX), ("/dashboard", INDEX), ("/dashboard/app.js", APP_JS),
+                           ("/dashboard/style.css", (HERE / "style.css").read_text())):
             r = anon.get(path)
-            assert r.status_code == 403, path
-            assert "token" in r.text
+            assert r.status_code == 200 and r.text == body, path
+            assert "set-cookie" not in r.headers and _no_cors(r)
+        r = anon.get("/")
+        assert r.headers["content-type"] == "text/html; charset=utf-8"
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        # the API: the header or nothing; the URL's token in a query or a cookie is not the header
+        cookies = {"vmlan_dashboard": p.token, f"vmlan_dashboard_{p.port}": p.token}
+        for path, headers in (("/networks", {}), ("/events", {}), ("/version", {}), ("/openapi.json", {}),
+                              ("/dashboard/nope.js", {}), (f"/networks?token={p.token}", {}),
+                              ("/networks", {"X-Vmlan-Token": "wrong"}), ("/networks", {"X-Vmlan-Token": ""}),
+                              ("/networks", {"X-Vmlan-Token": p.token + "x"}),
+                              ("/networks", {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())})):
+            r = anon.get(path, headers=headers)
+            assert r.status_code == 403, (path, headers)
+            assert r.headers["content-type"] == "application/json" and "X-Vmlan-Token" in r.json()["detail"]
+            assert _no_cors(r)
         assert anon.post("/networks/default/destroy").status_code == 403
-    with httpx.Client(base_url=p.base, timeout=30, follow_redirects=False) as c:
-        r = c.get(f"/?token={p.token}")
-        assert r.status_code == 303 and r.headers["location"] == "/"
-        cookie = r.headers["set-cookie"]
-        assert f"vmlan_dashboard_{p.base.rpartition(':')[2]}={p.token}" in cookie
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-        r = c.get("/")
-        assert r.status_code == 200 and r.headers["content-type"] == "text/html; charset=utf-8"
-        assert "default-src 'self'" in r.headers["content-security-policy"] and r.text == INDEX
-        assert c.get("/dashboard/app.js").text == APP_JS
+        # a cross-site page's preflight for the header: refused, and nothing tells the browser it may
+        for headers in ({"Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+                         "Access-Control-Request-Headers": "x-vmlan-token"},
+                        {"Origin": "http://127.0.0.1:1", "Access-Control-Request-Method": "GET",
+                         "Access-Control-Request-Headers": "x-vmlan-token"}, auth):
+            for path in ("/networks/default/destroy", "/"):
+                r = anon.options(path, headers=headers)
+                assert r.status_code == 403 and _no_cors(r), (path, headers)
+    with httpx.Client(base_url=p.base, timeout=30, follow_redirects=False, headers=auth) as c:
         r = c.get("/networks")
-        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json" and _no_cors(r)
         assert [(n["name"], n["active"], n["addresses"]) for n in r.json()] == [("default", True, ["192.168.122.1/24"])]
         r = c.get("/networks/nope")
         assert r.status_code == 404
         assert r.json() == {"detail": "Network not found: no network with matching name 'nope'"}
-        r = c.post("/networks/default/dns", json={"name": "web.lan", "ip": "192.168.122.50"})
+        r = c.post("/networks/default/dns", json={"name": "web.lan", "ip": "192.168.122.50"},
+                   headers={"Origin": p.base})
         assert r.status_code == 201 and r.json()["records"]["web.lan"] == ["192.168.122.50"]
-        # a DNS-rebinding page or another site: refused even with the cookie
+        # a DNS-rebinding page, another site, another loopback port: refused even with the header
         assert c.get("/networks", headers={"Host": "evil.example:80"}).status_code == 403
         assert c.post("/networks/default/destroy", headers={"Origin": "http://evil.example"}).status_code == 403
-        # server-sent events through the proxy: subscribe, then stop the network
+        assert c.post("/networks/default/destroy", headers={"Origin": "http://127.0.0.1:1"}).status_code == 403
+        # server-sent events through the proxy, with the header: subscribe, then stop the network
         with c.stream("GET", "/events?limit=1") as events:
             assert events.status_code == 200 and events.headers["content-type"].startswith("text/event-stream")
             lines = events.iter_lines()

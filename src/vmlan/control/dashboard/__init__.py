@@ -1,9 +1,10 @@
 """The web dashboard: one static page (index.html, app.js, style.css beside this module), served by the
 daemon's own app at ``/`` and ``/dashboard`` and kept out of the API's OpenAPI document.
 
-The page is plain HTML and vanilla JavaScript calling the API with fetch and EventSource; no build step,
-nothing fetched from elsewhere. The Content-Security-Policy allows only the page's own origin and no
-inline script, and app.js inserts every value with textContent (a guest picks its DHCP hostname).
+The page is plain HTML and vanilla JavaScript calling the API with fetch (the event stream too, as
+EventSource cannot send the proxy's token header); no build step, nothing fetched from elsewhere. The
+Content-Security-Policy allows only the page's own origin and no inline script, and app.js inserts
+every value with textContent (a guest picks its DHCP hostname).
 ``vmlan dashboard`` (proxy.py) carries it from a loopback TCP port to the daemon's unix socket.
 """
 

@@ -4,12 +4,37 @@
 // (a guest chooses its own DHCP hostname: it must never become markup). Every API call goes through
 // api() with a literal method and path template; tests/control/test_dashboard.py checks each one
 // against the daemon's OpenAPI document.
+//
+// The token: `vmlan dashboard` prints http://127.0.0.1:PORT/#token=...; the fragment never leaves the
+// browser. It is moved to sessionStorage (per origin, so per port, unlike a cookie) and out of the address
+// bar, and every request carries it in the X-Vmlan-Token header, which no other origin may send here.
 "use strict";
 
 const EVENT_KINDS = ["guest-connected", "guest-left", "guest-attached", "lease-granted", "lease-expired",
   "link-up", "link-down", "network-started", "network-stopped"];
 const MAX_EVENTS = 300;
 const POLL_MS = 5000;
+const RETRY_MS = 3000;
+const TOKEN_KEY = "vmlan-dashboard-token";
+
+// The token from the fragment (then removed from the address bar and history), else the one kept from
+// an earlier load of this tab; null when the page was opened without it.
+function takeToken() {
+  const given = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (given !== null) {
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  try {
+    if (given) {
+      sessionStorage.setItem(TOKEN_KEY, given);
+    }
+    return sessionStorage.getItem(TOKEN_KEY) || given || null;
+  } catch (err) {
+    return given || null;  // storage refused: this load only
+  }
+}
+
+const TOKEN = takeToken();
 
 let selected = null;      // the network whose panels are shown
 let networks = [];        // the last GET /networks
@@ -77,6 +102,10 @@ function when(seconds) {
   return new Date(seconds * 1000).toLocaleString();
 }
 
+function authHeaders(accept) {
+  return {"Accept": accept, "X-Vmlan-Token": TOKEN};
+}
+
 class ApiError extends Error {
   constructor(status, message) {
     super(message);
@@ -86,7 +115,7 @@ class ApiError extends Error {
 
 // One API call; the error is the API's {"detail": ...} (a string, or FastAPI's list of problems).
 async function api(method, path, body) {
-  const init = {method: method, headers: {Accept: "application/json"}, credentials: "same-origin"};
+  const init = {method: method, headers: authHeaders("application/json"), credentials: "omit", cache: "no-store"};
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -318,35 +347,129 @@ function logEvent(kind, data) {
   }
 }
 
-function watchEvents() {
+// Server-sent events framing: "field: value" lines, an event ends at a blank line, ":" starts a comment.
+// EventSource cannot send a header, so the stream is read with fetch.
+class SseParser {
+  constructor(onEvent) {
+    this.onEvent = onEvent;
+    this.buffer = "";
+    this.kind = "";
+    this.data = [];
+  }
+
+  push(text) {
+    this.buffer += text;
+    let end;
+    while ((end = this.buffer.indexOf("\n")) >= 0) {
+      let line = this.buffer.slice(0, end);
+      this.buffer = this.buffer.slice(end + 1);
+      if (line.endsWith("\r")) {
+        line = line.slice(0, -1);
+      }
+      this.line(line);
+    }
+  }
+
+  line(line) {
+    if (line === "") {
+      if (this.data.length > 0) {
+        this.onEvent(this.kind || "message", this.data.join("\n"));
+      }
+      this.kind = "";
+      this.data = [];
+      return;
+    }
+    if (line.startsWith(":")) {
+      return;
+    }
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) {
+      value = value.slice(1);
+    }
+    if (field === "event") {
+      this.kind = value;
+    } else if (field === "data") {
+      this.data.push(value);
+    }
+  }
+}
+
+function onEvent(kind, raw) {
+  if (!EVENT_KINDS.includes(kind)) {
+    return;
+  }
+  let data = {};
+  try {
+    data = JSON.parse(raw);
+  } catch (err) {
+    data = {raw: String(raw)};
+  }
+  logEvent(kind, data);
+  // the network list changes with start/stop; the selected network's panels with everything else
+  // (link events carry no network: refresh whatever is shown)
+  if (kind.startsWith("network-")) {
+    refreshNetworks();
+  }
+  if (selected !== null && (data.network === selected || data.network === null || data.network === undefined)) {
+    refreshDetail();
+  }
+}
+
+function streamBadge(text, state) {
   const badge = $("stream");
-  const source = new EventSource("/events");
-  source.addEventListener("open", () => {
-    badge.textContent = "events: live";
-    badge.className = "badge up";
-  });
-  source.addEventListener("error", () => {
-    badge.textContent = "events: reconnecting";
-    badge.className = "badge down";
-  });
-  for (const kind of EVENT_KINDS) {
-    source.addEventListener(kind, (ev) => {
-      let data = {};
-      try {
-        data = JSON.parse(ev.data);
-      } catch (err) {
-        data = {raw: String(ev.data)};
+  badge.textContent = text;
+  badge.className = state ? `badge ${state}` : "badge";
+}
+
+// One subscription, until the daemon closes it or it fails.
+async function readEvents(onOpen) {
+  const response = await fetch("/events", {headers: authHeaders("text/event-stream"), credentials: "omit", cache: "no-store"});
+  if (!response.ok || response.body === null) {
+    let detail = `HTTP ${response.status}`;
+    try {
+      const payload = await response.json();
+      if (payload && typeof payload.detail === "string") {
+        detail = payload.detail;
       }
-      logEvent(kind, data);
-      // the network list changes with start/stop; the selected network's panels with everything else
-      // (link events carry no network: refresh whatever is shown)
-      if (kind.startsWith("network-")) {
-        refreshNetworks();
+    } catch (err) {
+      // not JSON: the status says it
+    }
+    throw new ApiError(response.status, `GET /events: ${detail}`);
+  }
+  onOpen();
+  const parser = new SseParser(onEvent);
+  const decoder = new TextDecoder();
+  const reader = response.body.getReader();
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) {
+      return;
+    }
+    parser.push(decoder.decode(value, {stream: true}));
+  }
+}
+
+async function watchEvents() {
+  let connected = false;
+  for (;;) {
+    try {
+      await readEvents(() => {
+        streamBadge("events: live", "up");
+        if (connected) {
+          refreshAll();  // events may have been missed while away
+        }
+        connected = true;
+      });
+      streamBadge("events: reconnecting", "down");
+    } catch (err) {
+      streamBadge(err.status === 403 ? "events: refused" : "events: reconnecting", "down");
+      if (err.status === 403) {
+        showError(err.message);
       }
-      if (selected !== null && (data.network === selected || data.network === null || data.network === undefined)) {
-        refreshDetail();
-      }
-    });
+    }
+    await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
   }
 }
 
@@ -365,6 +488,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("error-close").addEventListener("click", () => {
     $("error").hidden = true;
   });
+  if (TOKEN === null) {
+    // nothing to ask the API without the token: say where it is and stop
+    $("no-token").hidden = false;
+    $("app").hidden = true;
+    streamBadge("events: no token", "down");
+    return;
+  }
   $("refresh").addEventListener("click", () => refreshAll());
   wireForms();
   showVersion();

@@ -3,10 +3,15 @@
 The API listens on a unix socket only its owner can use; a browser speaks TCP. This proxy listens on a
 loopback address and passes each authorised request to the daemon's socket for the invoking user. Any
 user of the host can connect to a loopback port, so a random token is made at start and printed in the
-URL; the first visit with ``?token=`` gets it back as a cookie (HttpOnly, SameSite=Strict) and is
-redirected to the same URL without it, and every request without the token is refused (403). Only
-loopback addresses are accepted for ``--listen``; a Host header naming anything but a loopback address
-or ``localhost`` is refused too (DNS rebinding), as is a cross-origin request that changes something.
+URL's fragment (``#token=``: a browser never sends a fragment, so it reaches no server, log or Referer).
+The page (``/``, ``/dashboard`` and its two files) is static and public; app.js keeps the token in
+sessionStorage, which is per origin, port included, and sends it in an ``X-Vmlan-Token`` header with
+every API request. There is no cookie: a browser sends cookies to every port of a host, so a cookie would
+reach any web server another local user runs on a loopback port. A cross-site page cannot send that
+header without a CORS preflight, and every preflight (any OPTIONS) is refused with no CORS header, so
+another site cannot drive the API either. Only loopback addresses are accepted for ``--listen``; a Host
+header naming anything but a loopback address or ``localhost`` is refused (DNS rebinding), as is an
+Origin that is not the proxy's own.
 
 One request per connection: the request goes upstream with ``Connection: close`` and the answer is
 streamed back until the daemon closes (server-sent events included), so nothing here parses bodies.
@@ -18,21 +23,23 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import secrets
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
-COOKIE = "vmlan_dashboard"
+TOKEN_HEADER = b"x-vmlan-token"
 MAX_HEAD = 65536
 HEAD_TIMEOUT = 30.0
-_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"cookie"})
-_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+# the page and its files: static, the same for everyone, no data in them
+PUBLIC = frozenset({"/", "/dashboard", "/dashboard/app.js", "/dashboard/style.css"})
+_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"cookie",
+                  TOKEN_HEADER})
 
 
 class ListenError(ValueError):
@@ -107,62 +114,50 @@ def parse_head(head: bytes) -> Request | None:
     return Request(parts[0], parts[1].decode("latin-1"), parts[2], headers)
 
 
-def _answer(status: str, body: str, extra: list[tuple[str, str]] | None = None) -> bytes:
-    data = body.encode()
-    head = [f"HTTP/1.1 {status}", "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(data)}",
-            "Connection: close", "Cache-Control: no-store", *(f"{k}: {v}" for k, v in extra or ())]
+def _answer(status: str, detail: str) -> bytes:
+    """A refusal or failure as the API gives one, ``{"detail": ...}``, so app.js shows it the same way."""
+    data = json.dumps({"detail": detail}).encode()
+    head = [f"HTTP/1.1 {status}", "Content-Type: application/json", f"Content-Length: {len(data)}",
+            "Connection: close", "Cache-Control: no-store"]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data
 
 
+def upstream_head(req: Request) -> bytes:
+    """The request as it goes to the daemon: hop-by-hop headers, cookies and the token left out."""
+    lines = [b" ".join((req.method, req.target.encode("latin-1"), req.version))]
+    lines += [k + b": " + v for k, v in req.headers if k.lower() not in _HOP]
+    return b"\r\n".join([*lines, b"Connection: close", b"", b""])
+
+
 class Proxy:
-    """Loopback TCP to the daemon's unix socket, for holders of ``token``."""
+    """Loopback TCP to the daemon's unix socket: the page for anyone, the API for holders of ``token``."""
 
     def __init__(self, upstream: Path, token: str | None = None) -> None:
         self.upstream = upstream
         self.token = token or secrets.token_urlsafe(24)
-        self.cookie = COOKIE  # with the port once bound: a browser keeps one cookie jar for every port of a host
         self.refused = 0
 
-    def _cookie_token(self, req: Request) -> str | None:
-        raw = req.header(b"cookie")
-        if raw is None:
-            return None
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(raw.decode("latin-1"))
-        except CookieError:
-            return None
-        morsel = jar.get(self.cookie)
-        return morsel.value if morsel is not None else None
-
-    def _valid(self, candidate: str | None) -> bool:
-        return candidate is not None and hmac.compare_digest(candidate.encode(), self.token.encode())
+    def _refuse(self, detail: str) -> bytes:
+        self.refused += 1
+        return _answer("403 Forbidden", f"vmlan dashboard: {detail}")
 
     def check(self, req: Request) -> bytes | None:
-        """The refusal or redirect to send instead of proxying, None to proxy ``req``."""
+        """The refusal to send instead of proxying, None to proxy ``req``."""
         host = req.header(b"host")
         if host is None or not _loopback_host(host):
-            self.refused += 1
-            return _answer("403 Forbidden", "vmlan dashboard: the Host header must name a loopback address\n")
-        url = urlsplit(req.target)
-        query = parse_qsl(url.query, keep_blank_values=True)
-        given = [v for k, v in query if k == "token"]
-        if given and self._valid(given[-1]):
-            rest = urlencode([(k, v) for k, v in query if k != "token"])
-            location = url.path + (f"?{rest}" if rest else "")
-            return _answer("303 See Other", "", [
-                ("Location", location),
-                ("Set-Cookie", f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"),
-                ("Referrer-Policy", "no-referrer")])
-        if not self._valid(self._cookie_token(req)):
-            self.refused += 1
-            return _answer("403 Forbidden", "vmlan dashboard: open the URL with ?token= that "
-                                            "'vmlan dashboard' printed\n")
+            return self._refuse("the Host header must name a loopback address")
+        if req.method == b"OPTIONS":
+            # a CORS preflight: no Access-Control-* header ever, so no other origin may send the token header
+            return self._refuse("cross-origin requests are refused")
         origin = req.header(b"origin")
-        if req.method not in _SAFE_METHODS and origin is not None and not _loopback_host(
-                origin.split(b"//", 1)[-1]):
-            self.refused += 1
-            return _answer("403 Forbidden", "vmlan dashboard: cross-origin request refused\n")
+        if origin is not None and origin.lower() != b"http://" + host.lower():
+            return self._refuse("cross-origin request refused")
+        if req.method in (b"GET", b"HEAD") and urlsplit(req.target).path in PUBLIC:
+            return None
+        given = req.header(TOKEN_HEADER)
+        if given is None or not hmac.compare_digest(given, self.token.encode()):
+            return self._refuse("missing or wrong X-Vmlan-Token header: open the URL that "
+                                "'vmlan dashboard' printed (it ends in #token=...)")
         return None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -181,11 +176,11 @@ class Proxy:
         except TimeoutError:
             return
         except asyncio.LimitOverrunError:
-            writer.write(_answer("431 Request Header Fields Too Large", "request head too large\n"))
+            writer.write(_answer("431 Request Header Fields Too Large", "request head too large"))
             return
         req = parse_head(head[:-4])
         if req is None:
-            writer.write(_answer("400 Bad Request", "not an HTTP/1.x request\n"))
+            writer.write(_answer("400 Bad Request", "not an HTTP/1.x request"))
             return
         refusal = self.check(req)
         if refusal is not None:
@@ -195,11 +190,9 @@ class Proxy:
         try:
             up_reader, up_writer = await asyncio.open_unix_connection(str(self.upstream))
         except OSError as exc:
-            writer.write(_answer("502 Bad Gateway", f"the vmlan daemon at {self.upstream}: {exc.strerror or exc}\n"))
+            writer.write(_answer("502 Bad Gateway", f"the vmlan daemon at {self.upstream}: {exc.strerror or exc}"))
             return
-        lines = [b" ".join((req.method, req.target.encode("latin-1"), req.version))]
-        lines += [k + b": " + v for k, v in req.headers if k.lower() not in _HOP]
-        up_writer.write(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
+        up_writer.write(upstream_head(req))
         # the request's body (if any) follows in reader; the daemon's answer ends when it closes
         to_daemon = asyncio.ensure_future(_pipe(reader, up_writer))
         to_browser = asyncio.ensure_future(_pipe(up_reader, writer))
@@ -233,9 +226,8 @@ async def serve(proxy: Proxy, host: str, port: int, out: Callable[[str], object]
     except OSError as exc:
         raise ProxyError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = server.sockets[0].getsockname()[1]
-    proxy.cookie = f"{COOKIE}_{bound}"
     shown = f"[{host}]" if ":" in host else host
-    out(f"vmlan dashboard: http://{shown}:{bound}/?token={proxy.token}\n"
+    out(f"vmlan dashboard: http://{shown}:{bound}/#token={proxy.token}\n"
         "(anyone who has this URL controls your networks: any user of this host can reach the port, "
         "the token keeps them out; Ctrl-C stops)\n")
     sys.stdout.flush()
