@@ -755,6 +755,8 @@ def _parse_forward(name: str, node: etree._Element) -> Forward | None:
     if len(nats) > 1:
         raise XMLError(f"Only one <nat> element is allowed in <forward> of network {name}")
     nat = _parse_nat(name, mode, nats[0]) if nats else None
+    if nat == Nat():  # an empty <nat/> is no <nat> (libvirt formats nothing for it)
+        nat = None
     dev = prop(node, "dev")
     if dev is not None and (child(node, "address") is not None or child(node, "pf") is not None):
         raise XMLError(
@@ -821,7 +823,10 @@ def network_from_element(root: etree._Element, *,
 
     domain_node = child(root, "domain")
     domain = prop(domain_node, "name")
+    # libvirt formats localOnly only inside <domain name=...>: without a name it is dropped, so here too
     local_only = prop_tristate(domain_node, "localOnly")
+    if domain is None:
+        local_only = None
 
     for tag in _REFUSED_CHILDREN:
         if child(root, tag) is not None:
