@@ -123,6 +123,8 @@ def test_flow_hash_follows_the_flow_not_the_payload() -> None:
     assert flow_hash(arp) == flow_hash(arp[:14] + b"\0" * 28)
     for runt in (b"", b"\x08\x00", INNER[:20], INNER[:14]):
         assert 0 <= flow_hash(runt) < 1 << 32
+    for frame in (INNER, v6[0], arp):  # the receive loop hands out memoryviews
+        assert flow_hash(memoryview(frame)) == flow_hash(bytearray(frame)) == flow_hash(frame)
 
 
 @given(flow=st.integers(0, 0xFFFFFFFF), low=st.integers(1, 65535), span=st.integers(0, 65534))

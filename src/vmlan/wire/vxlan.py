@@ -117,7 +117,7 @@ def flow_hash(frame: BytesLike) -> int:
     ethertype = frame[12:14]
     if ethertype == _ETH_IPV4 and n >= 34:
         proto = frame[23]
-        h = zlib.crc32(frame[23:24] + frame[26:34])
+        h = zlib.crc32(frame[26:34], proto)
         l4 = 14 + (frame[14] & 0x0F) * 4
         unfragmented = not (frame[20] & 0x3F or frame[21])  # MF clear and offset 0
         if proto in _PORTED and unfragmented and n >= l4 + 4:
@@ -125,7 +125,7 @@ def flow_hash(frame: BytesLike) -> int:
         return h
     if ethertype == _ETH_IPV6 and n >= 54:
         proto = frame[20]
-        h = zlib.crc32(frame[20:21] + frame[22:54])
+        h = zlib.crc32(frame[22:54], proto)
         if proto in _PORTED and n >= 58:
             h = zlib.crc32(frame[54:58], h)
         return h
