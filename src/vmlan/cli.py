@@ -25,6 +25,7 @@ from vmlan.config.netdev import StreamNetdev, UserNetdev
 from vmlan.config.qemu_args import guest_args
 from vmlan.config.tap import BridgeNetdev, TapNetdev
 from vmlan.config.vde import VdeNetdev
+from vmlan.config.vxlan import VxlanNetdev
 from vmlan.io.errors import LinkError
 from vmlan.io.loop import new_event_loop
 from vmlan.io.sockopt import raise_fd_limit
@@ -53,6 +54,8 @@ vmlan run: QEMU's network backends as a standalone process.
   -netdev vde,id=ID,sock=DIR,server=on[,mode=0600][,group=G][,max-peers=32]     be a VDE switch
   -netdev tap,id=ID[,ifname=NAME][,script=PATH|no][,downscript=PATH|no][,vnet_hdr=on|off] | tap,id=ID,fd=N
   -netdev bridge,id=ID[,br=NAME][,helper=PATH]   a TAP on a Linux bridge (ACL /etc/vmlan/bridge.conf)
+  -netdev vxlan,id=ID,vni=N,remote=ADDR|group=MCAST[,local=ADDR][,dev=IF][,port=4789][,srcport=LOW-HIGH][,ttl=N]
+        a VXLAN tunnel (RFC 7348) to Linux vxlan devices (ip link add ... type vxlan ... dstport 4789)
         every netdev also takes hubid=N (default 0): netdevs on one hub share a LAN;
         listening ones take max-peers=N (default 64): peers served at a time
   -hub id=N[,mode=hub|switch][,aging=SECONDS]   hub N floods (hub) or learns MACs (switch)
@@ -223,8 +226,8 @@ def _print_attach_hints(cfg: RunConfig) -> None:
             log.info("user %s: user-mode network %s (gateway %s, DNS %s, DHCP from %s) on hub %d", nd.id, nd.net,
                      nd.host, nd.dns, nd.dhcp_start, nd.hubid)
             continue
-        if isinstance(nd, TapNetdev | BridgeNetdev) or (isinstance(nd, VdeNetdev) and not nd.server):
-            continue  # a host interface or somebody else's switch: guests do not attach to vmlan there
+        if isinstance(nd, TapNetdev | BridgeNetdev | VxlanNetdev) or (isinstance(nd, VdeNetdev) and not nd.server):
+            continue  # a host interface, a tunnel or somebody else's switch: guests do not attach to vmlan there
         mac = f"52:54:00:12:34:{0x56 + index:02x}"
         index += 1
         opts = " ".join(guest_args(nd, mac))

@@ -1,6 +1,7 @@
 """``-netdev``, ``-hub`` and ``-object filter-dump|filter-netem`` options, validated into frozen configs.
 
 ``-netdev vde``, ``tap`` and ``bridge`` are validated in :mod:`vmlan.config.vde` and :mod:`vmlan.config.tap`,
+vmlan's own ``-netdev vxlan`` in :mod:`vmlan.config.vxlan`,
 ``-object filter-netem`` in :mod:`vmlan.config.filters`.
 
 Option names, defaults and error wording follow QEMU 7.2 (net/socket.c, net/stream.c, net/dgram.c,
@@ -33,6 +34,7 @@ from vmlan.config.tap import BridgeNetdev, TapNetdev, parse_bridge_netdev, parse
 from vmlan.config.usernet import UserNetdev as UserNetdev  # re-exported: one of the NetdevConfig shapes
 from vmlan.config.usernet import parse_user_netdev
 from vmlan.config.vde import VdeNetdev, parse_vde_netdev
+from vmlan.config.vxlan import VxlanNetdev, parse_vxlan_netdev
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,7 @@ class DgramNetdev:
     mcast_if: str | None = None  # socket's localaddr= / dgram's local.host for a multicast remote
 
 
-NetdevConfig = StreamNetdev | DgramNetdev | UserNetdev | VdeNetdev | TapNetdev | BridgeNetdev
+NetdevConfig = StreamNetdev | DgramNetdev | UserNetdev | VdeNetdev | TapNetdev | BridgeNetdev | VxlanNetdev
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +318,8 @@ def parse_netdev(text: str) -> NetdevConfig:
         return parse_tap_netdev(parse_qemuopts(text))
     if head == "bridge":
         return parse_bridge_netdev(parse_qemuopts(text))
+    if head == "vxlan":
+        return parse_vxlan_netdev(parse_qemuopts(text))
     if head in ("l2tpv3", "vhost-user", "vhost-vdpa", "hubport"):
         raise ConfigError(f"netdev type '{head}' is not available in this version of vmlan")
     if not head:

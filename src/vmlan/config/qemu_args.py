@@ -5,6 +5,7 @@ from __future__ import annotations
 from vmlan.config.netdev import InetAddr, NetdevConfig, SocketAddress, StreamNetdev, UnixAddr, UserNetdev
 from vmlan.config.tap import BridgeNetdev, TapNetdev
 from vmlan.config.vde import VdeNetdev
+from vmlan.config.vxlan import VxlanNetdev
 
 
 def escape(value: str) -> str:
@@ -43,6 +44,9 @@ def guest_netdev(nd: NetdevConfig, netdev_id: str = "n0") -> str:
         return f"vde,id={netdev_id},sock={escape(nd.sock)}"
     if isinstance(nd, TapNetdev | BridgeNetdev):
         raise ValueError("a TAP is a host interface, not a link guests attach to")
+    if isinstance(nd, VxlanNetdev):
+        raise ValueError("a VXLAN link is a tunnel to other hosts (QEMU has no vxlan netdev): attach guests to "
+                         "another netdev on its hub")
     if nd.multicast:
         assert isinstance(nd.remote, InetAddr)
         if nd.driver == "socket":
