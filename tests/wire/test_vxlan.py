@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from socket import AF_INET6, inet_aton, inet_pton
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +13,9 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
 from vmlan.wire import IntegrityError, SanityError, WireError
+from vmlan.wire.checksum import pseudo_header_sum_v4, pseudo_header_sum_v6
+from vmlan.wire.gso import software_offload
+from vmlan.wire.vnet import FLAG_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6, Offload
 from vmlan.wire.vxlan import (
     FLAG_I,
     VXLAN_HLEN,
@@ -20,6 +25,8 @@ from vmlan.wire.vxlan import (
     header_bytes,
     peek,
     source_port,
+    tcp_super_frame,
+    unfinished_checksum,
 )
 
 from .strategies import only_wire_errors
@@ -28,6 +35,7 @@ INNER = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="
               / TCP(sport=40000, dport=80))
 # VNI 42 with the I flag: what `ip link add ... type vxlan id 42` puts before every frame.
 GOLDEN = bytes.fromhex("08000000 00002a00")
+ARP_FRAME = Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP()
 
 
 def test_golden_header_parse_and_build() -> None:
@@ -142,3 +150,84 @@ def test_source_port_spreads_over_the_range() -> None:
 
 def test_errors_are_wire_errors() -> None:
     assert issubclass(IntegrityError, WireError) and issubclass(SanityError, WireError)
+
+
+def _partial(pkt: Ether) -> bytes:
+    """The frame as a kernel leaves it for offload: the L4 checksum field holds the pseudo-header sum."""
+    ip = pkt.payload
+    l4 = ip.payload
+    length = len(bytes(l4))
+    if isinstance(ip, IP):
+        seed = pseudo_header_sum_v4(inet_aton(ip.src), inet_aton(ip.dst), ip.proto, length)
+    else:
+        seed = pseudo_header_sum_v6(inet_pton(AF_INET6, ip.src), inet_pton(AF_INET6, ip.dst), ip.nh, length)
+    l4.chksum = seed
+    return bytes(pkt)
+
+
+@pytest.mark.parametrize("pkt", [
+    Ether() / IP(src="192.168.77.1", dst="192.168.77.2") / TCP(sport=40000, dport=5201) / (b"d" * 1400),
+    Ether() / IP(src="192.168.77.1", dst="192.168.77.2", options=b"\x01\x01\x01\x00") / UDP(sport=1, dport=2) / b"u",
+    Ether() / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=2, flags="S"),
+    Ether() / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=1, dport=2) / (b"x" * 99),
+])
+def test_unfinished_checksum_found_and_finished(pkt: Ether) -> None:
+    finished = bytes(pkt)
+    partial = _partial(pkt.copy())
+    assert unfinished_checksum(finished) is None
+    found = unfinished_checksum(memoryview(partial))
+    assert found is not None
+    start, offset = found
+    assert start == (34 if IP in pkt and not pkt[IP].options else 38 if IP in pkt else 54)
+    assert offset == (16 if TCP in pkt else 6)
+    assert software_offload(partial, Offload(FLAG_NEEDS_CSUM, csum_start=start, csum_offset=offset)) == [finished]
+
+
+def test_unfinished_checksum_ignores_what_it_cannot_finish() -> None:
+    no_sum = Ether() / IP(src="1.2.3.4", dst="5.6.7.8") / UDP(sport=1, dport=2, chksum=0) / b"x"
+    assert unfinished_checksum(bytes(no_sum)) is None
+    frag = Ether() / IP(src="1.2.3.4", dst="5.6.7.8", flags="MF") / TCP()
+    assert unfinished_checksum(_partial(frag)) is None
+    icmp = bytes(Ether() / IP() / b"\x08\x00\x00\x00")
+    assert unfinished_checksum(icmp) is None
+    partial = _partial(Ether() / IP(src="1.2.3.4", dst="5.6.7.8") / TCP())
+    for cut in (0, 14, 33, 40, 49):
+        assert unfinished_checksum(partial[:cut]) is None
+    assert unfinished_checksum(bytes(ARP_FRAME)) is None
+
+
+@given(st.binary(max_size=80))
+def test_unfinished_checksum_never_raises(raw: bytes) -> None:
+    for frame in (raw, INNER[:14] + raw, bytes(Ether() / IPv6())[:14] + raw):
+        result = unfinished_checksum(frame)
+        assert result is None or result[0] + result[1] + 2 <= len(frame)
+
+
+@pytest.mark.parametrize("ip", [IP(src="192.168.77.1", dst="192.168.77.2"), IPv6(src="fd00::1", dst="fd00::2")])
+def test_tcp_super_frame_cut_into_ethernet_frames(ip: IP | IPv6) -> None:
+    """What a kernel VTEP on a veth hands a UDP socket: one 60 KB TCP segment, checksum unfinished."""
+    data = bytes(range(256)) * 240
+    tcp = TCP(sport=5201, dport=40000, seq=1000, flags="PA", options=[("NOP", None)] * 12)
+    segment = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / tcp / data
+    partial = _partial(segment)
+    found = unfinished_checksum(partial)
+    assert found is not None
+    gso = tcp_super_frame(partial, found[0])
+    assert gso is not None
+    gso_type, hdr_len, gso_size = gso
+    assert gso_type == (GSO_TCPV4 if IP in segment else GSO_TCPV6)
+    assert hdr_len == found[0] + 32
+    frames = software_offload(partial, Offload(FLAG_NEEDS_CSUM, gso_type, hdr_len, gso_size, *found))
+    assert max(len(f) for f in frames) == 1514
+    got = b""
+    for frame in frames:
+        piece = Ether(frame)[TCP]
+        again = Ether(frame)
+        del again[TCP].chksum
+        assert Ether(bytes(again))[TCP].chksum == piece.chksum  # scapy agrees with every checksum
+        assert piece.seq == 1000 + len(got)
+        got += bytes(piece.payload)
+    assert got == data
+    assert tcp_super_frame(_partial(Ether() / ip / TCP() / (b"x" * 1400)), found[0]) is None  # fits a frame
+    cwr = tcp_super_frame(_partial(Ether() / ip / TCP(flags="AC") / data), found[0])
+    assert cwr is not None and cwr[0] & GSO_ECN

@@ -26,6 +26,7 @@ from vmlan.config.filters import NetemConfig
 from vmlan.config.netdev import DgramNetdev, DumpConfig, NetdevConfig, StreamNetdev, UnixAddr, UserNetdev
 from vmlan.config.tap import BridgeNetdev, TapNetdev
 from vmlan.config.vde import VdeNetdev
+from vmlan.config.vxlan import VxlanNetdev
 from vmlan.io.bridge import BridgeLink
 from vmlan.io.dgram import DgramPort
 from vmlan.io.errors import LinkError
@@ -36,11 +37,12 @@ from vmlan.io.stream import StreamClient, StreamServer
 from vmlan.io.tap import TapLink
 from vmlan.io.usernet import UserNetPort
 from vmlan.io.vde import VdeClient, VdeServer
+from vmlan.io.vxlan import VxlanPort
 from vmlan.lan import FrameSink, Hub, Port, make_lan
 
 log = logging.getLogger("vmlan")
 
-Link = StreamServer | StreamClient | DgramPort | UserNetPort | VdeServer | VdeClient | TapLink | BridgeLink
+Link = StreamServer | StreamClient | DgramPort | UserNetPort | VdeServer | VdeClient | TapLink | BridgeLink | VxlanPort
 
 
 class DuplicateId(LinkError):
@@ -146,6 +148,11 @@ class Runtime:
             user.start()  # closes itself if it fails
             hub.attach(user)
             link = user
+        elif isinstance(nd, VxlanNetdev):
+            vxlan = VxlanPort(nd, self.loop, self.faults)
+            vxlan.start()  # closes itself if it fails
+            hub.attach(vxlan)
+            link = vxlan
         else:
             assert isinstance(nd, DgramNetdev)
             port = DgramPort(nd, self.loop, self.faults)

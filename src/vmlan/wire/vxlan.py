@@ -7,6 +7,12 @@ protocol, ports) so that routers balancing by 5-tuple (ECMP) spread flows and ke
 in order. :func:`flow_hash` and :func:`source_port` do that, the way the kernel's ``udp_flow_src_port``
 maps its hash onto a port range.
 
+A kernel VTEP whose underlay is a veth pair (containers, network namespaces) leaves the inner TCP or UDP
+checksum unfinished, as a NIC with checksum offload would finish it: the field holds only the
+pseudo-header's sum. A receiver outside the kernel sees that; :func:`unfinished_checksum` tells. Over
+veth the kernel even hands a UDP socket whole TSO segments (up to 64 KiB inside one datagram, the
+segmentation left to a NIC that never comes); :func:`tcp_super_frame` says how to cut them.
+
 Receivers (section 5): the I flag must be set; the reserved fields are ignored. Linux drops a
 datagram whose reserved bits are not zero unless an extension (GBP, GPE) claims them; the RFC does
 not, and neither does :meth:`VxlanHeader.parse`.
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 
 from ._common import BytesLike, check_uint, resolve_end
 from .errors import SanityError
+from .vnet import GSO_ECN, GSO_TCPV4, GSO_TCPV6
 
 __all__ = [
     "FLAG_I",
@@ -32,6 +39,8 @@ __all__ = [
     "header_bytes",
     "peek",
     "source_port",
+    "tcp_super_frame",
+    "unfinished_checksum",
 ]
 
 VXLAN_HLEN = 8
@@ -138,3 +147,68 @@ def source_port(flow: int, low: int, high: int) -> int:
     modulo, so every port of the range is equally likely."""
     flow = (flow ^ (flow << 16)) & 0xFFFFFFFF
     return ((flow * (high - low + 1)) >> 32) + low
+
+
+_ADDR_V4 = struct.Struct("!4H")  # IPv4 source and destination as 16-bit words
+_ADDR_V6 = struct.Struct("!16H")
+_CSUM_OFFSET = {6: 16, 17: 6}  # where the checksum field sits in a TCP, UDP header
+
+
+def unfinished_checksum(frame: BytesLike) -> tuple[int, int] | None:
+    """``(csum_start, csum_offset)`` if the frame's TCP or UDP checksum field holds just the folded
+    pseudo-header sum: the sender left the sum over the segment to be added (virtio-net's NEEDS_CSUM,
+    the kernel's CHECKSUM_PARTIAL), else None.
+
+    Treating a finished checksum that happens to equal that value (one segment in 65536) as unfinished
+    is harmless: finishing adds the segment's sum to the field, which yields the same checksum again.
+    Fragments, other protocols and IPv4 UDP without a checksum (0) are None.
+    """
+    n = len(frame)
+    ethertype = frame[12:14]
+    if ethertype == _ETH_IPV4 and n >= 34 and frame[14] >> 4 == 4:
+        ihl = (frame[14] & 0x0F) * 4
+        total = frame[16] << 8 | frame[17]
+        offset = _CSUM_OFFSET.get(frame[23])
+        if offset is None or frame[20] & 0x3F or frame[21] or ihl < 20 or total < ihl:
+            return None
+        start = 14 + ihl
+        total_sum = sum(_ADDR_V4.unpack_from(frame, 26)) + frame[23] + total - ihl
+    elif ethertype == _ETH_IPV6 and n >= 54 and frame[14] >> 4 == 6:
+        offset = _CSUM_OFFSET.get(frame[20])
+        if offset is None:
+            return None
+        start = 54
+        total = 40 + (frame[18] << 8 | frame[19])
+        total_sum = sum(_ADDR_V6.unpack_from(frame, 22)) + frame[20] + total - 40
+    else:
+        return None
+    field = start + offset
+    if field + 2 > min(n, 14 + total):
+        return None
+    while total_sum >> 16:
+        total_sum = (total_sum & 0xFFFF) + (total_sum >> 16)
+    return (start, offset) if frame[field] << 8 | frame[field + 1] == total_sum else None
+
+
+WIRE_MTU = 1500  # what a TCP super-frame is cut to: Ethernet's MTU, frames of 1514 bytes
+
+
+def tcp_super_frame(frame: BytesLike, csum_start: int) -> tuple[int, int, int] | None:
+    """``(gso_type, hdr_len, gso_size)`` for a TCP frame with an unfinished checksum at ``csum_start``
+    (:func:`unfinished_checksum`) that is longer than an Ethernet frame: a TSO segment to cut into
+    segments that make 1514-byte frames; None if it fits one frame or its TCP header is bad.
+
+    Any segment size up to the sender's MSS is correct for TCP, and the sender's peer on our side
+    advertised at least what an Ethernet MTU allows, so WIRE_MTU is safe. CWR set asks for GSO_ECN, as
+    the kernel's SKB_GSO_TCP_ECN: only the first segment keeps the flag.
+    """
+    n = len(frame)
+    if n <= 14 + WIRE_MTU or n < csum_start + 20:
+        return None
+    thl = (frame[csum_start + 12] >> 4) * 4
+    if thl < 20 or n < csum_start + thl:
+        return None
+    gso_type = GSO_TCPV4 if frame[12:14] == _ETH_IPV4 else GSO_TCPV6
+    if frame[csum_start + 13] & 0x80:
+        gso_type |= GSO_ECN
+    return gso_type, csum_start + thl, WIRE_MTU - (csum_start - 14) - thl
