@@ -186,7 +186,8 @@ class VxlanPort(Port):
         ifindex = socket.if_nametoindex(cfg.dev) if cfg.dev else 0
         rs = socket.socket(family, socket.SOCK_DGRAM)
         self._rsock = rs
-        rs.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if cfg.multicast:  # a group may be shared by processes; a unicast port is ours alone
+            rs.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if cfg.ipv6:
             rs.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if cfg.dev:
