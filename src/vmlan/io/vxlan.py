@@ -24,6 +24,14 @@ Frames whose inner checksum the sending kernel left unfinished (a veth underlay;
 passes them on as they are, every other port gets them finished; TCP segments longer than a frame
 (:func:`vmlan.wire.vxlan.tcp_super_frame`) are marked for segmentation likewise.
 
+TCP super-frames from the hub (a TAP's TSO, the user stack) are cut into segments here, and when the
+segments fit the underlay's MTU they leave in one UDP_SEGMENT send (UDP GSO: the kernel cuts it into
+equal datagrams) from a UDP socket bound to the flow's source port, kept for the flow's next super-frame:
+one system call for some 40 frames. Those datagrams carry a UDP checksum (the kernel refuses UDP GSO
+without one; RFC 7348 allows it, and the kernel's vxlan sends one by default too). A port that cannot
+be bound, or an underlay MTU the segments do not fit (EINVAL: give the LAN's members an MTU of 1450),
+sends them one by one through the raw socket.
+
 Hot path as in :mod:`vmlan.io.dgram`: add_reader and a bounded recv_into loop into the thread's shared
 receive area; sends are one sendmsg of (16-byte header, frame) with no copy; a full kernel buffer parks
 frames in a bounded queue drained on writability, beyond which they are dropped and counted.
@@ -37,7 +45,7 @@ import ctypes
 import logging
 import socket
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 
 from vmlan.config.vxlan import VxlanNetdev
 from vmlan.faults import Faults
@@ -46,7 +54,8 @@ from vmlan.io.errors import LinkError
 from vmlan.io.sockopt import BUDGET, LINK_BUFFER, LinkBudget, grow_buffers, new_faults
 from vmlan.io.stream import NET_BUFSIZE, RX_AREA, RX_BYTES
 from vmlan.lan import Port
-from vmlan.wire import BytesLike
+from vmlan.wire import BytesLike, WireError
+from vmlan.wire.gso import software_offload
 from vmlan.wire.udp import UDP_HLEN
 from vmlan.wire.vnet import FLAG_NEEDS_CSUM, Offload
 from vmlan.wire.vxlan import (
@@ -71,6 +80,10 @@ IPV6_MTU_DISCOVER = 23
 IP_PMTUDISC_DONT = 0
 IPV6_PMTUDISC_DONT = 0
 PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h: the socket cuts one send into datagrams of this payload size (UDP GSO)
+GSO_SOCKETS = 64  # UDP sockets kept for super-frames, one per source port in use, least recently used out
+GSO_BYTES = 60000  # payload of one UDP_SEGMENT send (below 64 KiB with the headers, as the kernel requires)
 
 
 def local_port_range() -> tuple[int, int]:
@@ -95,6 +108,8 @@ class VxlanPort(Port):
         "_budget",
         "_dest",
         "_faults",
+        "_gso_failed",
+        "_gso_socks",
         "_joined",
         "_loop",
         "_queue",
@@ -114,6 +129,8 @@ class VxlanPort(Port):
         "rx_no_i_flag",
         "rx_short",
         "sport_range",
+        "tx_gso",
+        "tx_gso_sends",
     )
 
     def __init__(
@@ -138,6 +155,10 @@ class VxlanPort(Port):
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._writer_armed = False
+        self._gso_socks: OrderedDict[int, socket.socket] = OrderedDict()
+        self._gso_failed: set[int] = set()  # source ports that could not be bound, or UDP GSO refused
+        self.tx_gso = 0  # super-frames sent
+        self.tx_gso_sends = 0  # of their UDP_SEGMENT sends
         self.sport_range = cfg.srcport or local_port_range()
         self.max_frame = NET_BUFSIZE  # the largest inner frame accepted (as on the stream links)
         self.rx_short = 0  # datagrams shorter than a VXLAN header and an Ethernet header
@@ -166,7 +187,8 @@ class VxlanPort(Port):
         sport = f"srcport={low}-{high}" if self._raw else f"srcport={self.cfg.port}"
         return (f"{self.info},{sport} dropped: short {self.rx_short}, long {self.rx_long},"
                 f" no I flag {self.rx_no_i_flag}, other VNI {self.rx_bad_vni}; unfinished checksums"
-                f" {self.rx_csum_partial}, TCP super-frames {self.rx_gso}")
+                f" {self.rx_csum_partial}, TCP super-frames {self.rx_gso}; sent super-frames {self.tx_gso}"
+                f" in {self.tx_gso_sends} sends")
 
     # -- opening ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -326,19 +348,27 @@ class VxlanPort(Port):
         return Offload(FLAG_NEEDS_CSUM, gso_type, hdr_len, gso_size, start, offset)
 
     # -- sending ---------------------------------------------------------------------------------------
+    offload_ok = True  # super-frames are cut here, where one flow hash and one send serve them all
+
     def transmit(self, frame: BytesLike, src: Port, offload: Offload | None) -> bool:
         sock = self._ssock
         if sock is None:
             return False
-        n = len(frame)
-        if n > MAX_DATAGRAM - VXLAN_HLEN:
+        if offload is not None and not offload.is_plain:
+            return self._transmit_offloaded(frame, offload)
+        return self._send(frame, self._header(frame))
+
+    def _header(self, frame: BytesLike) -> bytes:
+        if not self._raw:
+            return self._vxhdr
+        low, high = self.sport_range
+        return _UDP_VXLAN.pack(source_port(flow_hash(frame), low, high), self.cfg.port,
+                               UDP_HLEN + VXLAN_HLEN + len(frame), 0, self._vxhdr)
+
+    def _send(self, frame: BytesLike, header: bytes) -> bool:
+        sock = self._ssock
+        if sock is None or len(frame) > MAX_DATAGRAM - VXLAN_HLEN:
             return False
-        if self._raw:
-            low, high = self.sport_range
-            header = _UDP_VXLAN.pack(source_port(flow_hash(frame), low, high), self.cfg.port,
-                                     UDP_HLEN + VXLAN_HLEN + n, 0, self._vxhdr)
-        else:
-            header = self._vxhdr
         if self._queue:
             return self._enqueue(header, frame)
         try:
@@ -348,6 +378,91 @@ class VxlanPort(Port):
         except OSError:
             return False  # no route, EMSGSIZE, an ICMP error from an earlier datagram: counted as a drop
         return True
+
+    def _transmit_offloaded(self, frame: BytesLike, offload: Offload) -> bool:
+        try:
+            pieces = software_offload(frame, offload)
+        except WireError:
+            return False
+        if not self._raw or len(pieces) < 2 or self._queue:
+            return all([self._send(piece, self._header(piece)) for piece in pieces])
+        low, high = self.sport_range
+        sport = source_port(flow_hash(pieces[0]), low, high)
+        if self._send_gso(pieces, sport):
+            return True
+        sent = True
+        for piece in pieces:
+            header = _UDP_VXLAN.pack(sport, self.cfg.port, UDP_HLEN + VXLAN_HLEN + len(piece), 0, self._vxhdr)
+            sent = self._send(piece, header) and sent
+        return sent
+
+    def _send_gso(self, pieces: list[bytes], sport: int) -> bool:
+        """The pieces (equal but the last) in UDP_SEGMENT sends from ``sport``; False to send them singly."""
+        size = VXLAN_HLEN + len(pieces[0])
+        if sport in self._gso_failed or any(len(p) + VXLAN_HLEN != size for p in pieces[:-1]):
+            return False
+        sock = self._gso_socket(sport)
+        if sock is None:
+            return False
+        per_send = max(1, GSO_BYTES // size)
+        vxhdr = self._vxhdr
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        for first in range(0, len(pieces), per_send):
+            chunk = pieces[first : first + per_send]
+            buffers = [part for piece in chunk for part in (vxhdr, piece)]
+            try:
+                sock.sendmsg(buffers, cmsg if len(chunk) > 1 else [])
+            except (BlockingIOError, InterruptedError):
+                if first == 0:
+                    return False  # all of it to the raw socket's queue
+                for piece in pieces[first:]:
+                    header = _UDP_VXLAN.pack(sport, self.cfg.port, UDP_HLEN + size, 0, vxhdr)
+                    self._enqueue(header, piece)
+                return True
+            except OSError as exc:
+                if first == 0:
+                    log.debug("%s: UDP GSO from port %d refused (%s): sending frame by frame", self.label, sport,
+                              exc.strerror or exc)
+                    self._gso_failed.add(sport)
+                    self._drop_gso_socket(sport)
+                    return False
+                return True  # lost from here on, as one datagram's send error would lose it
+            self.tx_gso_sends += 1
+        self.tx_gso += 1
+        return True
+
+    def _gso_socket(self, sport: int) -> socket.socket | None:
+        socks = self._gso_socks
+        sock = socks.get(sport)
+        if sock is not None:
+            socks.move_to_end(sport)
+            return sock
+        cfg = self.cfg
+        sock = socket.socket(socket.AF_INET6 if cfg.ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            _drop_everything(sock)
+            if cfg.ipv6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if cfg.dev:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, cfg.dev.encode())
+            ifindex = socket.if_nametoindex(cfg.dev) if cfg.dev else 0
+            self._sender_options(sock, ifindex)
+            sock.bind((cfg.local or ("::" if cfg.ipv6 else "0.0.0.0"), sport))
+            sock.connect((*self._dest[:1], cfg.port, *self._dest[2:]))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            self._gso_failed.add(sport)
+            return None
+        socks[sport] = sock
+        if len(socks) > GSO_SOCKETS:
+            socks.popitem(last=False)[1].close()
+        return sock
+
+    def _drop_gso_socket(self, sport: int) -> None:
+        sock = self._gso_socks.pop(sport, None)
+        if sock is not None:
+            sock.close()
 
     def _enqueue(self, header: bytes, frame: BytesLike) -> bool:
         size = len(header) + len(frame)
@@ -387,6 +502,9 @@ class VxlanPort(Port):
             self._writer_armed = False
         self._queue.clear()
         self._queued_bytes = 0
+        for gso_sock in self._gso_socks.values():
+            gso_sock.close()
+        self._gso_socks.clear()
         for sock in {self._rsock, self._ssock}:
             if sock is None:
                 continue
