@@ -188,3 +188,23 @@ def test_a_unicast_port_is_not_shared() -> None:
             hub.call(VxlanPort(vxlan(A, B, port, vni=43), hub.loop).start)
     finally:
         hub.close()
+
+
+def test_tso_super_frames_leave_in_udp_gso_sends(pair: Pair) -> None:
+    """A TAP's 64 KiB TCP segment: cut into 1514-byte frames, sent from the flow's own UDP socket."""
+    from vmlan.wire.vnet import Offload
+
+    data = bytes(range(256)) * 250
+    frame = tcp_frame(data, partial=True)
+    offload = Offload(FLAG_NEEDS_CSUM, GSO_TCPV4, 54, 1460, 34, 16)
+    tso = Recorder("tso")
+    pair.ha.attach(tso)
+    pair.ha.call(pair.ha.hub.input, tso, frame, offload)
+    pieces = -(-len(data) // 1460)
+    wait_for(lambda: len(pair.plain.frames) == pieces, what="the segments at B")
+    assert pair.a.tx_gso == 1 and pair.a.tx_gso_sends == 2  # 44 segments of 1522 bytes: 39 + 5
+    assert b"".join(bytes(Ether(raw)[TCP].payload) for raw in pair.plain.frames) == data
+    assert max(map(len, pair.plain.frames)) == 1514
+    assert pair.b.counters.rx_frames == pieces and pair.b.rx_csum_partial == 0  # finished before they left
+    (sport,) = pair.a._gso_socks  # one socket, for the flow's source port
+    assert pair.a.sport_range[0] <= sport <= pair.a.sport_range[1]
