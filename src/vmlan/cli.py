@@ -216,6 +216,13 @@ def _monitor_text(runtime: Runtime) -> str:
     return "\n".join(parts)
 
 
+def _kernel_vxlan_hint(nd: VxlanNetdev) -> str:
+    """The ``ip link`` command that makes a kernel vxlan device meeting ``nd`` (Linux defaults to port 8472)."""
+    # A group is joined on the peer's own interface, whose name only the peer knows.
+    where = f"group {nd.remote} dev IFNAME" if nd.multicast else f"remote {nd.local or 'ADDRESS-OF-THIS-HOST'}"
+    return f"ip link add vxlan{nd.vni} type vxlan id {nd.vni} {where} dstport {nd.port}"
+
+
 def _print_attach_hints(cfg: RunConfig) -> None:
     """Tell the user the exact QEMU options that attach a guest to each netdev."""
     if cfg.quiet:
@@ -226,7 +233,10 @@ def _print_attach_hints(cfg: RunConfig) -> None:
             log.info("user %s: user-mode network %s (gateway %s, DNS %s, DHCP from %s) on hub %d", nd.id, nd.net,
                      nd.host, nd.dns, nd.dhcp_start, nd.hubid)
             continue
-        if isinstance(nd, TapNetdev | BridgeNetdev | VxlanNetdev) or (isinstance(nd, VdeNetdev) and not nd.server):
+        if isinstance(nd, VxlanNetdev):
+            log.info("vxlan %s: a Linux peer joins with: %s", nd.id, _kernel_vxlan_hint(nd))
+            continue
+        if isinstance(nd, TapNetdev | BridgeNetdev) or (isinstance(nd, VdeNetdev) and not nd.server):
             continue  # a host interface, a tunnel or somebody else's switch: guests do not attach to vmlan there
         mac = f"52:54:00:12:34:{0x56 + index:02x}"
         index += 1
