@@ -111,8 +111,8 @@ def test_in_order_and_reversed_give_scapys_datagram(pkt: Packet, size: int) -> N
         assert outs[:-1] == [None] * (len(order) - 1)
         assert outs[-1] == original  # byte for byte: lengths, cleared fragment fields, header checksum
         assert r.counters.as_dict() == {
-            "duplicates": 0, "evicted": 0, "fragments": len(order), "malformed": 0,
-            "overlaps": 0, "oversize": 0, "reassembled": 1, "timeouts": 0,
+            "atomic": 0, "duplicates": 0, "evicted": 0, "fragments": len(order), "incomplete_chain": 0,
+            "malformed": 0, "overlaps": 0, "oversize": 0, "reassembled": 1, "timeouts": 0,
         }  # fmt: skip
         assert r.datagrams_held == r.bytes_held == 0 and r.get_timer() is None
 
