@@ -321,17 +321,19 @@ class Reassembler:
         offset = offset_m & 0xFFF8
         more = bool(offset_m & 1)
         data = memoryview(packet)[off + 8 :]
-        if offset == 0 and not more:  # atomic (RFC 6946): whole already, and kept out of the table
+        atomic = offset == 0 and not more
+        if not atomic:
+            c.fragments += 1
+        if offset == 0 and not _chain_complete(upper, data):
+            c.incomplete_chain += 1
+            return None
+        if atomic:  # RFC 6946: whole already, and kept out of the table
             c.atomic += 1
             whole = bytearray(packet[:off])
             whole += data
             whole[nh_at] = upper
             _U16.pack_into(whole, 4, len(whole) - _IPV6_HLEN)
             return bytes(whole)
-        c.fragments += 1
-        if offset == 0 and not _chain_complete(upper, data):
-            c.incomplete_chain += 1
-            return None
         ext = off - _IPV6_HLEN  # unfragmentable extension headers: count toward the 65535 of Payload Length
         key = (owner, bytes(packet[8:24]), bytes(packet[24:40]), ident)
         first = bytes(packet[: off + 8]) if offset == 0 else None

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable, Hashable
 from ipaddress import IPv4Address
 
+from vmlan.engines.reassembly import ReassemblyCounters
 from vmlan.engines.usernet.actions import Action
 from vmlan.engines.usernet.config import StackConfig
 from vmlan.engines.usernet.flows import Flow, FlowTable
@@ -50,7 +51,9 @@ class StackCounters:
         "bad_ipv4",
         "bad_l4",
         "bad_source",
+        "fragmented6",
         "fragments",
+        "fragments6",
         "frames_in",
         "icmp_errors_sent",
         "icmp_local_replies",
@@ -59,6 +62,7 @@ class StackCounters:
         "no_route",
         "not_for_us",
         "ping_dropped_cap",
+        "reassembly",
         "restricted",
         "tcp_flows",
         "tcp_refused_cap",
@@ -77,7 +81,9 @@ class StackCounters:
         self.bad_l4 = 0  # malformed TCP/UDP/ICMP or bad checksum
         self.bad_source = 0  # MAC or IP the guest may not use (see guests.py for which)
         self.unsupported = 0  # ethertypes and IP protocols the stack does not speak
-        self.fragments = 0  # fragments received (reassembled or not)
+        self.fragments = 0  # fragments received (reassembled or not), both families
+        self.fragments6 = 0  # of those, IPv6 fragments (the Fragment header's atomic ones included)
+        self.fragmented6 = 0  # IPv6 datagrams for a guest larger than the MTU, sent fragmented
         self.restricted = 0  # refused by restrict=on
         self.no_route = 0  # destinations the stack cannot reach (multicast, 0/8, 127/8, ...)
         self.tcp_flows = 0  # TCP connections opened (both directions)
@@ -93,11 +99,16 @@ class StackCounters:
         self.arp_requests = 0
         self.arp_bad = 0
         self.unresolved = 0  # frames for a guest address nobody owns (an ARP request goes out instead)
-        self.too_big = 0  # IPv6 datagrams for a guest larger than the MTU (the stack does not fragment)
+        self.too_big = 0  # IPv6 datagrams for a guest past 65535 bytes of payload (not even fragments carry them)
         self.memory_pressure = 0  # times the TCP memory budget had to shrink windows
+        #: The reassembler's counters (stack.py sets them): reported beside these as ``frag_<name>``.
+        self.reassembly: ReassemblyCounters | None = None
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        out: dict[str, int] = {name: getattr(self, name) for name in self.__slots__ if name != "reassembly"}
+        if self.reassembly is not None:
+            out.update((f"frag_{k}", v) for k, v in self.reassembly.as_dict().items() if k != "fragments")
+        return out
 
 
 class TimerFlow(Flow):
@@ -131,6 +142,7 @@ class Core:
         "host_ip",
         "host_mac",
         "ident",
+        "ident6",
         "limits",
         "net6_addr",
         "net6_mask",
@@ -186,6 +198,7 @@ class Core:
         self.counters = StackCounters()
         self.faults = Faults()
         self.ident = int.from_bytes(os.urandom(2), "big")
+        self.ident6 = int.from_bytes(os.urandom(4), "big")
         self.now = 0.0
 
     # -- addresses ----------------------------------------------------------------------------------------
@@ -274,8 +287,11 @@ class Core:
 
     def send_ip6(self, src: bytes, dst: bytes, nh: int, l4: BytesLike, mac: bytes | None = None,
                  hop_limit: int = 64) -> None:
-        """One IPv6 datagram toward a guest (or a link multicast group). The stack does not fragment: a
-        datagram larger than the MTU is dropped and counted (the host's socket would have refused it)."""
+        """One IPv6 datagram toward a guest (or a link multicast group), fragmented when it is larger than
+        the MTU: the stack is the source of what it relays (RFC 8200 4.5 lets only sources fragment), and
+        a guest reassembles as it would from the host's kernel. At most 65535 bytes make 46 frames at MTU
+        1500. Identifications count from a random start (one sequence: every datagram goes to a guest
+        on this link, so no destination's sequence tells another's)."""
         if mac is None:
             if dst[0] == 0xFF:
                 mac = multicast_mac(dst)
@@ -286,7 +302,14 @@ class Core:
                     self.neighbour_solicit(dst)
                     return
         if 40 + len(l4) > self.cfg.mtu:
-            self.counters.too_big += 1
+            if len(l4) > 0xFFFF:
+                self.counters.too_big += 1
+                return
+            self.counters.fragmented6 += 1
+            self.ident6 = (self.ident6 + 1) & 0xFFFFFFFF
+            for frame in IPV6.fragments(mac, self.source_mac(src), src, dst, nh, l4, self.ident6, self.cfg.mtu,
+                                        hop_limit):
+                self.frames.append((frame, None))
             return
         prefix = IPV6.frame_prefix(mac, self.source_mac(src), src, dst, nh, len(l4), hop_limit)
         self.frames.append((prefix + l4, None))

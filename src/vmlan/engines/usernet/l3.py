@@ -135,11 +135,14 @@ ETH_P_IPV6: Final = 0x86DD
 ETH_IP6: Final = struct.Struct("!6s6sHIHBB16s16s")
 #: The same plus the transport header's first 4 bytes.
 ETH_IP6_PORTS: Final = struct.Struct("!6s6sHIHBB16s16sHH")
+#: The Fragment header (RFC 8200 4.5): next header, reserved, offset << 3 | M, identification.
+_FRAG6: Final = struct.Struct("!BBHI")
 
 
 class Ipv6(Family):
-    """IPv6 (RFC 8200). The stack originates datagrams whole (no fragment header of its own): what it
-    sends fits the link MTU the router advertisements announce.
+    """IPv6 (RFC 8200). What the stack originates fits the link MTU the router advertisements announce,
+    except the datagrams it relays (a host's 8 KB UDP answer, a big echo reply): it is their source, so
+    it fragments them (:meth:`fragments`, RFC 8200 4.5) as the host's kernel would have.
 
         IPv6 header (RFC 8200 section 3)
          0                   1                   2                   3
@@ -176,6 +179,22 @@ class Ipv6(Family):
     def frame_prefix(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, nh: int, l4_len: int,
                      hop_limit: int = TTL) -> bytes:
         return ETH_IP6.pack(dst_mac, src_mac, ETH_P_IPV6, 0x60000000, l4_len, nh, hop_limit, src, dst)
+
+    @staticmethod
+    def fragments(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, nh: int, payload: BytesLike, ident: int,
+                  mtu: int, hop_limit: int = TTL) -> list[bytes]:
+        """The frames of one datagram too large for ``mtu``: each the fixed header, a Fragment header
+        (RFC 8200 4.5: next header, offset in 8-byte units, M, 32-bit ``ident``) and a piece."""
+        step = (mtu - 48) & ~7
+        view = memoryview(payload)
+        n = len(payload)
+        out = []
+        for offset in range(0, n, step):
+            chunk = view[offset : offset + step]
+            more = 1 if offset + step < n else 0
+            out.append(ETH_IP6.pack(dst_mac, src_mac, ETH_P_IPV6, 0x60000000, 8 + len(chunk), 44, hop_limit, src, dst)
+                       + _FRAG6.pack(nh, 0, offset | more, ident) + chunk)
+        return out
 
 
 IPV6: Final = Ipv6()

@@ -26,7 +26,7 @@ from typing import Any
 
 from vmlan.engines.dhcp import DhcpServer, Lease
 from vmlan.engines.dns import DnsForwarder
-from vmlan.engines.reassembly import Ipv4Reassembler
+from vmlan.engines.reassembly import Reassembler
 from vmlan.engines.tftp import FileSource, TftpConfig, TftpServer
 from vmlan.engines.usernet.actions import Action
 from vmlan.engines.usernet.config import HostForward, StackConfig
@@ -97,8 +97,10 @@ class UserStack:
         self.hostfwd: dict[int, HostForward] = dict(enumerate(cfg.hostfwd))
         self._next_rule = len(cfg.hostfwd)
         limits = cfg.limits
-        self.reassembly = Ipv4Reassembler(max_datagrams_per_owner=limits.frag_datagrams_per_guest,
-                                          max_bytes_per_owner=limits.frag_bytes_per_guest)
+        # One engine for both families: a guest's fragment caps are shared by its IPv4 and IPv6.
+        self.reassembly = Reassembler(max_datagrams_per_owner=limits.frag_datagrams_per_guest,
+                                      max_bytes_per_owner=limits.frag_bytes_per_guest)
+        core.counters.reassembly = self.reassembly.counters
         self._reassembly_timer = core.timer(self._reassembly_expired)
         if self.dhcp is not None and cfg.ipv4:
             for addr in (core.host_ip, core.bcast_ip, _ALL_ONES4):
@@ -238,7 +240,8 @@ class UserStack:
 
     def _ipv6(self, guest: Guest, mac: bytes, frame: BytesLike, offload: Offload | None, now: float) -> None:
         """An IPv6 datagram (RFC 8200): the header, hop-by-hop and destination options skipped (MLD
-        carries a router alert), fragments and routing headers dropped and counted."""
+        carries a router alert), fragments reassembled (:meth:`_fragment6`), routing headers dropped and
+        counted."""
         core = self.core
         n = len(frame)
         if n < 54:
@@ -258,8 +261,8 @@ class UserStack:
                 return
             nh, length = frame[off], (frame[off + 1] + 1) * 8
             off += length
-        if nh in (0, 60, 43, 44) or off > end:
-            core.counters.unsupported += 1  # fragments, routing headers, an option chain too long
+        if nh in (0, 60, 43) or off > end:
+            core.counters.unsupported += 1  # routing headers, an option chain too long
             return
         l4 = memoryview(frame)[off:end]
         ndp = self.ndp
@@ -274,6 +277,9 @@ class UserStack:
             if (addrs is None or src not in addrs) and not core.guests.source_ok(guest, mac, src):
                 core.counters.bad_source += 1
                 return
+        if nh == 44:
+            self._fragment6(guest, mac, frame, end, now)
+            return
         vouched = offload is not None and bool(offload.flags & _L4_VOUCHED)
         if nh == 58:
             if len(l4) < 4 or (not vouched and internet_checksum(l4, IPV6.pseudo_sum(src, dst, 58) + len(l4))):
@@ -325,11 +331,28 @@ class UserStack:
             if not frag & 0x3FFF:
                 self._ipv4(guest, mac, whole, None, now, vihl, total, frag, proto, src, dst, sport, dport)
 
+    def _fragment6(self, guest: Guest, mac: bytes, frame: BytesLike, end: int, now: float) -> None:
+        """An IPv6 fragment (identity checked; ``end`` where its datagram ends in ``frame``): reassembled
+        within the guest's share, then the whole datagram goes through :meth:`_ipv6` with nothing vouched
+        (offload flags spoke of the fragment). The engine refuses first fragments whose header chain holds
+        another Fragment header, so this never recurses twice."""
+        core = self.core
+        core.counters.fragments += 1
+        core.counters.fragments6 += 1
+        datagram = self.reassembly.feed6(guest, memoryview(frame)[14:end], now)
+        deadline = self.reassembly.get_timer()
+        core.flows.arm(self._reassembly_timer, deadline if deadline is not None else INF)
+        if datagram is not None:
+            self._ipv6(guest, mac, bytes(frame[:14]) + datagram, None, now)
+
     def _reassembly_expired(self, now: float) -> None:
         core = self.core
         for expired in self.reassembly.handle_timer(now):
-            if len(expired.quote) >= 28:  # RFC 792: time exceeded in reassembly, to the sender
-                self.icmp.time_exceeded(core.host_ip, expired.quote[12:16], 1, expired.quote)
+            quote = expired.quote
+            if quote[0] >> 4 == 6:  # RFC 8200 4.5: ICMPv6 time exceeded (type 3), code 1, to the sender
+                self.icmp.error6(core.host6, quote[8:24], 3, 1, 0, quote)
+            elif len(quote) >= 28:  # RFC 792: time exceeded in reassembly, to the sender
+                self.icmp.time_exceeded(core.host_ip, quote[12:16], 1, quote)
         deadline = self.reassembly.get_timer()
         core.flows.arm(self._reassembly_timer, deadline if deadline is not None else INF)
 
