@@ -7,6 +7,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoReply,
@@ -177,6 +179,31 @@ def test_the_counters_show_ipv6_fragments_and_the_reasons_for_drops() -> None:
     assert counters["fragments6"] == counters["fragments"] == 2
     assert counters["frag_duplicates"] == 1 and counters["frag_overlaps"] == 0
     assert "frag_fragments" not in counters and "reassembly" not in counters
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 0, 8, 1448, 65528]) | st.integers(0, 0x1FFF).map(lambda v: v * 8),
+                          st.booleans(), st.integers(0, 2), st.sampled_from([17, 58, 6, 60, 44, 0, 59]),
+                          st.binary(max_size=80), st.booleans(), st.sampled_from([0.0, 0.0, 31.0])),
+                max_size=40))
+def test_any_ipv6_fragments_from_two_guests_never_fault_and_stay_bounded(ops: list[tuple[Any, ...]]) -> None:
+    net = StackNet()
+    ports = {False: (Port("a"), MAC, G6), True: (Port("b"), MAC_B, G6_B)}
+    for offset, more, ident, nh, data, second, wait in ops:
+        port, mac, src = ports[second]
+        head = struct.pack("!IHBB16s16s", 0x60000000, 8 + len(data), 44, 64, _pton(src), _pton(HOST6))
+        net.send(port, Ether(src=mac, dst=ROUTER_MAC, type=0x86DD) / (head + struct.pack("!BBHI", nh, 0,
+                                                                                          offset | more, ident) + data))
+        net.advance(wait)
+        taken(net)
+        net.actions()
+        assert net.stack.faults.total == 0
+        for port, _mac, _src in ports.values():
+            guest = net.stack.guests.by_port.get(port)
+            if guest is not None:
+                count, charge = net.stack.reassembly.owner_usage(guest)
+                assert count <= net.cfg.limits.frag_datagrams_per_guest
+                assert charge <= net.cfg.limits.frag_bytes_per_guest
 
 
 def _pton(text: str) -> bytes:
