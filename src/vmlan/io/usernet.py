@@ -32,6 +32,7 @@ from vmlan.config.usernet import UserNetdev, stack_config
 from vmlan.engines.dhcp import Lease
 from vmlan.engines.usernet import HostForward, StackConfig, UserStack
 from vmlan.engines.usernet import actions as A
+from vmlan.engines.usernet.tcpnat import READ_CHUNK
 from vmlan.io.dns import DnsUpstreams
 from vmlan.io.errors import LinkError
 from vmlan.io.smb import SmbError, SmbServer
@@ -50,6 +51,10 @@ CONNECT_TIMEOUT = 30.0
 LINGER_TIMEOUT = 30.0  # how long a closed connection may take to write the guest's last bytes to the host
 LEASES_SAVE_DELAY = 1.0
 DRAIN_LIMIT = 64  # datagrams read from one socket per wakeup
+# A host TCP read offers READ_FIRST bytes, doubled after every read that fills its offer (up to the engine's
+# READ_CHUNK): the connection's send buffer is sized by the room a read is lent, and a 1-byte answer
+# offered 256 KiB would cost a zero-filled 512 KiB buffer, allocated and released per request.
+READ_FIRST = 16 * 1024
 ACCEPT_LIMIT = 16  # hostfwd connections accepted per wakeup
 IP_RECVERR = 11  # <linux/in.h>; the socket module does not export it
 SO_EE_ORIGIN_ICMP = 2
@@ -57,6 +62,9 @@ IPV6_RECVERR = 25  # <linux/in6.h>
 SO_EE_ORIGIN_ICMP6 = 3
 _EE = struct.Struct("=IBBBBII")
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+# Host sockets are created non-blocking (Python then sets no FIONBIO after socket(): one system call less).
+_STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_DGRAM_NONBLOCK = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 # sendto() errors that mean the datagram cannot go anywhere: ICMP destination unreachable codes (RFC 1812)
 _UNREACH_CODE = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.EACCES: 13, errno.EPERM: 13}
 _UNREACH_CODE6 = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 3, errno.EACCES: 1, errno.EPERM: 1}  # RFC 4443 3.1
@@ -65,11 +73,12 @@ _UNREACH_CODE6 = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 3, errno.EACCES: 1, 
 class _HostTcp:
     """The host side of one relayed TCP connection."""
 
-    __slots__ = ("connecting", "fid", "out", "proc", "reading", "shut_pending", "sock", "timer", "writing")
+    __slots__ = ("chunk", "connecting", "fid", "out", "proc", "reading", "shut_pending", "sock", "timer", "writing")
 
     def __init__(self, fid: int, sock: socket.socket) -> None:
         self.fid = fid
         self.sock = sock
+        self.chunk = READ_FIRST
         self.out = bytearray()
         self.reading = False
         self.writing = False
@@ -365,11 +374,10 @@ class UserNetPort(Port):
             self._spawn_guestfwd(fid, target)
             return
         try:
-            sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, _STREAM_NONBLOCK)
         except OSError as exc:  # out of file descriptors: the guest gets a RST, not a hang
             self.stack.tcp_failed(fid, exc.errno or errno.EMFILE, self._loop.time())
             return
-        sock.setblocking(False)
         host = _HostTcp(fid, sock)
         self._tcp[fid] = host
         try:
@@ -377,8 +385,14 @@ class UserNetPort(Port):
         except OSError as exc:  # socket.gaierror: a guestfwd host name that does not resolve
             err = errno.EHOSTUNREACH if isinstance(exc, socket.gaierror) or not exc.errno else exc.errno
         if err in (0, errno.EINPROGRESS):
+            # The reader is registered now, with the writer that reports the connect: one poll handle for
+            # the socket's whole life (uvloop closes a handle left with no callback and re-creates it
+            # at the next add_reader: 7 more system calls per connection).
             host.connecting = True
-            self._loop.add_writer(sock.fileno(), self._on_connect_done, host)
+            host.reading = True
+            fd = sock.fileno()
+            self._loop.add_reader(fd, self._on_tcp_readable, host)
+            self._loop.add_writer(fd, self._on_connect_done, host)
             host.timer = self._loop.call_later(CONNECT_TIMEOUT, self._on_connect_timeout, host)
         else:
             self._connect_failed(host, err)
@@ -467,9 +481,13 @@ class UserNetPort(Port):
                 self._loop.remove_reader(host.sock.fileno())
 
     def _on_tcp_readable(self, host: _HostTcp) -> None:
+        if host.connecting:  # readable before the writer ran: the connect's outcome (an error, or data) first
+            self._on_connect_done(host)
+            return
         now = self._loop.time()
+        chunk = host.chunk
         try:
-            n = self.stack.tcp_fill(host.fid, host.sock.recv_into, now)
+            n = self.stack.tcp_fill(host.fid, host.sock.recv_into, now, chunk)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -485,6 +503,8 @@ class UserNetPort(Port):
             return
         if not n:
             self._stop_reading(host)  # EOF (the engine sends FIN) or no room until TCP_RESUME
+        elif n == chunk and chunk < READ_CHUNK:
+            host.chunk = chunk * 2
         self._pump()
 
     def _tcp_resume(self, fid: int) -> None:
@@ -625,8 +645,7 @@ class UserNetPort(Port):
     def _udp_send(self, fid: int, family: int, dst: tuple[str, int], data: bytes) -> None:
         sock = self._udp.get(fid)
         if sock is None:
-            sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
-            sock.setblocking(False)
+            sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, _DGRAM_NONBLOCK)
             with contextlib.suppress(OSError):
                 if family == 4:
                     sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)

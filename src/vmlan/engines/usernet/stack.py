@@ -44,7 +44,7 @@ from vmlan.engines.usernet.services import (
     Services,
     TftpService,
 )
-from vmlan.engines.usernet.tcpnat import TcpFlow, TcpNat
+from vmlan.engines.usernet.tcpnat import READ_CHUNK, TcpFlow, TcpNat
 from vmlan.engines.usernet.udp import Udp, UdpFlow, UdpFwdSession
 from vmlan.wire import BytesLike, WireError
 from vmlan.wire.checksum import internet_checksum
@@ -431,10 +431,12 @@ class UserStack:
         self.core.now = now
         self._guarded("tcp failed", self.tcp.failed, fid, err, now)
 
-    def tcp_fill(self, fid: int, reader: Callable[[memoryview], int], now: float) -> int | None:
-        """Host bytes for the guest via ``reader`` (``sock.recv_into``); errors from reader propagate."""
+    def tcp_fill(self, fid: int, reader: Callable[[memoryview], int], now: float,
+                 limit: int = READ_CHUNK) -> int | None:
+        """Host bytes for the guest via ``reader`` (``sock.recv_into``, offered at most ``limit`` bytes);
+        errors from reader propagate."""
         self.core.now = now
-        return self.tcp.fill(fid, reader, now)
+        return self.tcp.fill(fid, reader, now, limit)
 
     def tcp_send(self, fid: int, data: BytesLike, now: float) -> int:
         self.core.now = now

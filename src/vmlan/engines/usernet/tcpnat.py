@@ -49,10 +49,10 @@ if TYPE_CHECKING:
     from vmlan.engines.usernet.core import Core
     from vmlan.engines.usernet.guests import Guest
 
-__all__ = ["TcpFlow", "TcpNat"]
+__all__ = ["READ_CHUNK", "TcpFlow", "TcpNat"]
 
 _HDR = struct.Struct("!HHIIBBHHH")
-_READ_CHUNK = 256 * 1024
+READ_CHUNK = 256 * 1024  # the most one host read offers (the send buffer grows to about twice it)
 _ICMP_CODE = {
     errno.ENETUNREACH: ICMP_NET_UNREACH,
     errno.EHOSTUNREACH: ICMP_HOST_UNREACH,
@@ -456,8 +456,8 @@ class TcpNat:
             self.after(flow, now)
         self._close(flow, abortive=False)
 
-    def fill(self, fid: int, reader: Callable[[memoryview], int], now: float) -> int | None:
-        """Read host bytes for the guest straight into the connection's send buffer.
+    def fill(self, fid: int, reader: Callable[[memoryview], int], now: float, limit: int = READ_CHUNK) -> int | None:
+        """Read host bytes for the guest straight into the connection's send buffer (at most ``limit``).
 
         Returns the count (0: the host sent EOF, already handled), or None when the I/O layer must stop
         reading until TCP_RESUME (no room, or the connection is gone). ``reader`` errors propagate.
@@ -469,7 +469,7 @@ class TcpNat:
         if conn.send_space() <= 0:
             flow.read_paused = True
             return None
-        n = conn.fill_from(reader, _READ_CHUNK, now)
+        n = conn.fill_from(reader, limit, now)
         if n == 0:
             conn.shutdown(now)
         elif conn.send_space() <= 0:
