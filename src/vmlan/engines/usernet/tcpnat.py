@@ -102,6 +102,7 @@ class TcpFlow(Flow):
         "released",
         "rule",
         "smac",
+        "syn_len",
         "syn_quote",
         "target",
         "v6",
@@ -126,7 +127,8 @@ class TcpFlow(Flow):
         self.closed = False
         self.released = False  # in TIME_WAIT: the host socket and the guest's share are given back
         self.rule = -1
-        self.syn_quote = b""
+        self.syn_quote = b""  # the first 8 bytes of the guest's SYN (the ICMP quote is built only if needed)
+        self.syn_len = 0
         self.dns: DnsTcpState | None = None
         # No ``emit = self._emit`` kept on the flow: that bound method is a reference cycle, which made every
         # closed connection (engine, buffers, estimators: ~10 objects) garbage only the cyclic GC could free.
@@ -304,7 +306,8 @@ class TcpNat:
             return
         flow.connecting = True
         guest.connecting += 1
-        flow.syn_quote = Icmp.rebuild(src, dst, 6, bytes(seg[:8]), len(seg))
+        flow.syn_quote = bytes(seg[:8])
+        flow.syn_len = len(seg)
         if kind == GUESTFWD and isinstance(target, str):
             guest.cmd += 1
         core.actions.append((A.TCP_CONNECT, flow.fid, 6 if v6 else 4, target))
@@ -454,7 +457,8 @@ class TcpNat:
         if code is not None and flow.syn_quote:
             # Nothing was answered yet: forget the connection silently, tell the guest why by ICMP.
             router = self.core.host6 if flow.v6 else self.core.host_ip
-            self.icmp.unreachable(router, flow.guest_ip, code, flow.syn_quote)
+            quote = Icmp.rebuild(flow.guest_ip, flow.far, 6, flow.syn_quote, flow.syn_len)
+            self.icmp.unreachable(router, flow.guest_ip, code, quote)
         else:
             flow.conn.refuse(now)
             self.after(flow, now)
