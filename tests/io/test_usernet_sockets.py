@@ -105,6 +105,41 @@ def test_guest_tcp_to_a_loopback_server_both_ways_and_close() -> None:
         server.close()
 
 
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_host_that_answers_and_closes_at_once_gets_data_and_fin_in_one_segment(reset: bool) -> None:
+    """The first host read looks for the EOF too: answer + FIN in one segment; answer + reset: the data,
+    then a RST (as when the reset is read later)."""
+    server = listener()
+    port = server.getsockname()[1]
+
+    async def body(net: IoNet) -> None:
+        t = GuestTcp(net, net.guest(), HOST, port)  # type: ignore[arg-type]
+        accept = asyncio.ensure_future(net.loop.sock_accept(server))
+        await handshake(net, t)
+        conn, _peer = await asyncio.wait_for(accept, 5)
+        t.send("PA", b"q")
+        assert await asyncio.wait_for(net.loop.sock_recv(conn, 10), 5) == b"q"
+        conn.send(b"answer")  # and the end, before the stack's loop runs again
+        if reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+        conn.close()
+        segs = await net.segments(t, lambda s: bool(s.flags & 0x05), "FIN or RST")
+        data = [s for s in segs if bytes(s.payload)]
+        assert len(data) == 1 and bytes(data[0].payload) == b"answer"
+        if reset:
+            assert "R" in segs[-1].flags and "F" not in data[0].flags
+        else:
+            assert data[0] is segs[-1] and "F" in data[0].flags
+            t.rcv_nxt += len(b"answer") + 1
+            t.send("FA")
+        await net.until(lambda: not net.user._tcp, what="the host socket to close")
+
+    try:
+        run("", body)
+    finally:
+        server.close()
+
+
 def test_a_guest_reset_makes_the_host_peer_see_econnreset() -> None:
     server = listener()
     port = server.getsockname()[1]

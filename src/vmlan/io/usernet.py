@@ -73,12 +73,16 @@ _UNREACH_CODE6 = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 3, errno.EACCES: 1, 
 class _HostTcp:
     """The host side of one relayed TCP connection."""
 
-    __slots__ = ("chunk", "connecting", "fid", "out", "proc", "reading", "shut_pending", "sock", "timer", "writing")
+    __slots__ = ("chunk", "connecting", "ended", "failed", "fid", "first", "out", "proc", "reading", "shut_pending",
+                 "sock", "timer", "writing")
 
     def __init__(self, fid: int, sock: socket.socket) -> None:
         self.fid = fid
         self.sock = sock
         self.chunk = READ_FIRST
+        self.first = True  # no read yet: the first one also looks for the host's EOF (_on_tcp_readable)
+        self.ended = False  # that look found it
+        self.failed = False  # that look found the connection reset (reported after the data)
         self.out = bytearray()
         self.reading = False
         self.writing = False
@@ -487,7 +491,14 @@ class UserNetPort(Port):
         now = self._loop.time()
         chunk = host.chunk
         try:
-            n = self.stack.tcp_fill(host.fid, host.sock.recv_into, now, chunk)
+            if host.first:
+                # A host that answers and closes (HTTP/1.0, a health check) has usually sent its FIN with
+                # the answer: one more recv after a short first read finds it, and the FIN goes out with
+                # the data. Only the first read looks (an RR connection would pay a recv per answer).
+                host.first = False
+                n = self.stack.tcp_fill(host.fid, self._first_reader(host), now, chunk, lambda: host.ended)
+            else:
+                n = self.stack.tcp_fill(host.fid, host.sock.recv_into, now, chunk)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -501,11 +512,37 @@ class UserNetPort(Port):
             self.stack.tcp_reset(host.fid, now)
             self._pump()
             return
-        if not n:
+        if host.failed:
+            self._stop_reading(host)
+            self.stack.tcp_reset(host.fid, now)
+        elif not n or host.ended:
             self._stop_reading(host)  # EOF (the engine sends FIN) or no room until TCP_RESUME
         elif n == chunk and chunk < READ_CHUNK:
             host.chunk = chunk * 2
         self._pump()
+
+    @staticmethod
+    def _first_reader(host: _HostTcp) -> Callable[[memoryview], int]:
+        """``recv_into`` that, after a short read, reads once more: 0 then is the host's EOF (``ended``)."""
+        recv_into = host.sock.recv_into
+
+        def read(view: memoryview) -> int:
+            n = recv_into(view)
+            if 0 < n < len(view):
+                try:
+                    with view[n:] as rest:
+                        m = recv_into(rest)
+                except (BlockingIOError, InterruptedError):
+                    return n
+                except OSError:
+                    host.failed = True  # reset after the data: the data goes first, then the RST
+                    return n
+                if m == 0:
+                    host.ended = True
+                return n + m
+            return n
+
+        return read
 
     def _tcp_resume(self, fid: int) -> None:
         host = self._tcp.get(fid)

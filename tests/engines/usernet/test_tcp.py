@@ -113,6 +113,27 @@ def test_tcp_relay_both_directions_and_close() -> None:
     assert net.stack.faults.counts == {}
 
 
+def test_tcp_fill_that_also_saw_the_host_eof_sends_the_fin_with_the_data() -> None:
+    """The I/O layer's first read looks for the host's EOF too (``ended``): data and FIN in one segment."""
+    net = StackNet()
+    a = net.guest()
+    g, fid = open_tcp(net, a)
+    assert net.stack.tcp_fill(fid, reader_of(b"answer"), net.now, ended=lambda: True) == 6
+    seg = only(g.mine(net.frames()))
+    assert seg.payload.load == b"answer" and "F" in seg.flags and seg.seq == g.rcv_nxt
+    g.absorb([seg])
+    assert g.reassemble(g.rcv_nxt) == b"answer"
+    g.rcv_nxt = (g.rcv_nxt + 1) & 0xFFFFFFFF
+    g.send("FA")
+    assert net.actions() == [(A.TCP_SHUTDOWN, fid), (A.TCP_CLOSE, fid, False)]  # our FIN acknowledged: done
+    assert only(g.mine(net.frames())).ack == g.seq  # the guest's FIN acknowledged
+    ended: list[bool] = []
+    g2, fid2 = open_tcp(net, a, sport=45001)
+    assert net.stack.tcp_fill(fid2, reader_of(b"more to come"), net.now, ended=lambda: bool(ended)) == 12
+    seg = only(g2.mine(net.frames()))
+    assert "F" not in seg.flags  # no EOF seen: the connection stays open
+
+
 def test_tcp_send_from_a_buffer_and_tcp_eof() -> None:
     """The buffer path (guestfwd pipes): tcp_send takes what fits, tcp_eof sends FIN after it."""
     net = StackNet()

@@ -432,11 +432,11 @@ class UserStack:
         self._guarded("tcp failed", self.tcp.failed, fid, err, now)
 
     def tcp_fill(self, fid: int, reader: Callable[[memoryview], int], now: float,
-                 limit: int = READ_CHUNK) -> int | None:
+                 limit: int = READ_CHUNK, ended: Callable[[], bool] | None = None) -> int | None:
         """Host bytes for the guest via ``reader`` (``sock.recv_into``, offered at most ``limit`` bytes);
-        errors from reader propagate."""
+        errors from reader propagate. ``ended()`` True after a read with data: the host's EOF came too."""
         self.core.now = now
-        return self.tcp.fill(fid, reader, now, limit)
+        return self.tcp.fill(fid, reader, now, limit, ended)
 
     def tcp_send(self, fid: int, data: BytesLike, now: float) -> int:
         self.core.now = now

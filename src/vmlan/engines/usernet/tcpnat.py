@@ -464,12 +464,15 @@ class TcpNat:
             self.after(flow, now)
         self._close(flow, abortive=False)
 
-    def fill(self, fid: int, reader: Callable[[memoryview], int], now: float, limit: int = READ_CHUNK) -> int | None:
+    def fill(self, fid: int, reader: Callable[[memoryview], int], now: float, limit: int = READ_CHUNK,
+             ended: Callable[[], bool] | None = None) -> int | None:
         """Read host bytes for the guest straight into the connection's send buffer (at most ``limit``).
 
         Returns the count (0: the host sent EOF, already handled), or None when the I/O layer must stop
         reading until TCP_RESUME (no room, or the connection is gone). ``reader`` errors propagate.
-        """
+        ``ended``, asked after a read that returned data, says whether the reader also saw the host's
+        EOF: the FIN then leaves with the data, in one segment (a request/response connection that the
+        host closes after answering costs the guest one segment and one ACK less)."""
         flow = self._flow(fid)
         if flow is None:
             return None
@@ -478,7 +481,7 @@ class TcpNat:
             flow.read_paused = True
             return None
         n = conn.fill_from(reader, limit, now)
-        if n == 0:
+        if n == 0 or (ended is not None and ended()):
             conn.shutdown(now)
         elif conn.send_space() <= 0:
             flow.read_paused = True
