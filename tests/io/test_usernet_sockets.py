@@ -388,6 +388,29 @@ def test_guestfwd_to_a_command() -> None:
     run("guestfwd=tcp:10.0.2.100:80-cmd:cat", body)
 
 
+def test_guestfwd_to_a_host_name_resolves_it_and_connects() -> None:
+    """guestfwd=...-localhost:PORT: the name is resolved off the event loop when the guest connects, and
+    the connection reaches the listener behind it."""
+    server = listener()
+    port = server.getsockname()[1]
+
+    async def body(net: IoNet) -> None:
+        t = GuestTcp(net, net.guest(), "10.0.2.100", 80, isn=70)  # type: ignore[arg-type]
+        accept = asyncio.ensure_future(net.loop.sock_accept(server))
+        await handshake(net, t)
+        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn.setblocking(False)
+        t.send("PA", b"by name")
+        assert await asyncio.wait_for(net.loop.sock_recv(conn, 100), 5) == b"by name"
+        conn.close()
+        assert not net.user._resolving
+
+    try:
+        run(f"guestfwd=tcp:10.0.2.100:80-localhost:{port}", body)
+    finally:
+        server.close()
+
+
 def test_guestfwd_to_a_name_that_does_not_resolve_fails_the_guests_connect() -> None:
     """The target is a host name nobody can resolve (a namespace with nothing but lo): the guest's
     connection must fail, not hang with its socket leaked and an internal error counted."""

@@ -109,6 +109,7 @@ class UserNetPort(Port):
         "_raw_icmp",
         "_raw_icmp_failed",
         "_raw_ident",
+        "_resolving",
         "_smb",
         "_tcp",
         "_tftp_files",
@@ -157,6 +158,7 @@ class UserNetPort(Port):
         self._raw_flows: dict[tuple[str, int], int] = {}  # (dst, our identifier on the raw socket) -> fid
         self._raw_ident = int.from_bytes(os.urandom(2), "big")
         self._lingering: set[_HostTcp] = set()
+        self._resolving: set[asyncio.Task[None]] = set()  # guestfwd names being resolved
         self._fwd_socks: dict[int, socket.socket] = {}
         self._leases_timer: asyncio.TimerHandle | None = None
         self._udp_buf = bytearray(UDP_BUFSIZE)
@@ -282,6 +284,9 @@ class UserNetPort(Port):
                 self._loop.remove_reader(sock.fileno())
             sock.close()
         self._fwd_socks.clear()
+        for task in self._resolving:
+            task.cancel()
+        self._resolving.clear()
         for host in list(self._tcp.values()):
             self._close_socket(host)
         self._tcp.clear()
@@ -385,9 +390,43 @@ class UserNetPort(Port):
         host = _HostTcp(fid, sock)
         self._tcp[fid] = host
         try:
+            socket.inet_pton(sock.family, target[0])
+        except OSError:  # a guestfwd host name: resolved off the loop, the connect timeout covering both
+            host.connecting = True
+            host.timer = self._loop.call_later(CONNECT_TIMEOUT, self._on_connect_timeout, host)
+            self._resolving.add(self._loop.create_task(self._resolve_and_connect(host, target)))
+            return
+        self._connect(host, target)
+
+    async def _resolve_and_connect(self, host: _HostTcp, target: tuple[str, int]) -> None:
+        """A guestfwd to a host name: getaddrinfo in the loop's executor (a slow resolver must not stall
+        every guest), then the connect as for an address; the guest's connect fails if the name does not
+        resolve or the flow went away meanwhile."""
+        task = asyncio.current_task()
+        try:
+            infos = await self._loop.getaddrinfo(target[0], target[1], family=host.sock.family,
+                                                 type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            infos = []
+        finally:
+            if task is not None:
+                self._resolving.discard(task)
+        if self._tcp.get(host.fid) is not host or not host.connecting:
+            return  # closed, or timed out, while resolving
+        if not infos:
+            host.connecting = False
+            self._connect_failed(host, errno.EHOSTUNREACH)
+        else:
+            address = infos[0][4]
+            self._connect(host, (str(address[0]), int(address[1])))
+        self._pump()
+
+    def _connect(self, host: _HostTcp, target: tuple[str, int]) -> None:
+        sock = host.sock
+        try:
             err = sock.connect_ex(target)
-        except OSError as exc:  # socket.gaierror: a guestfwd host name that does not resolve
-            err = errno.EHOSTUNREACH if isinstance(exc, socket.gaierror) or not exc.errno else exc.errno
+        except OSError as exc:
+            err = exc.errno or errno.EHOSTUNREACH
         if err in (0, errno.EINPROGRESS):
             # The reader is registered now, with the writer that reports the connect: one poll handle for
             # the socket's whole life (uvloop closes a handle left with no callback and re-creates it
@@ -397,8 +436,10 @@ class UserNetPort(Port):
             fd = sock.fileno()
             self._loop.add_reader(fd, self._on_tcp_readable, host)
             self._loop.add_writer(fd, self._on_connect_done, host)
-            host.timer = self._loop.call_later(CONNECT_TIMEOUT, self._on_connect_timeout, host)
+            if host.timer is None:
+                host.timer = self._loop.call_later(CONNECT_TIMEOUT, self._on_connect_timeout, host)
         else:
+            host.connecting = False
             self._connect_failed(host, err)
 
     def _connect_smb(self, fid: int) -> None:
