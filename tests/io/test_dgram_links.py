@@ -128,7 +128,7 @@ def test_unix_dgram_peer_that_reads_late_loses_nothing_up_to_the_queue_bound(lan
     while port.counters.tx_frames + port.counters.tx_dropped < 3500 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert port.counters.tx_dropped > 0
-    assert len(port._queue) <= 1024
+    assert len(port._out) <= 1024
 
 
 def test_socket_filter_drops_only_the_named_source_in_the_kernel():

@@ -38,6 +38,7 @@ import os
 import socket
 import struct
 from collections import deque
+from collections.abc import Callable
 
 from vmlan.config.netdev import DgramNetdev, InetAddr, SocketAddress, UnixAddr
 from vmlan.faults import Faults
@@ -57,6 +58,67 @@ _PEER_GONE = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN})
 SO_ATTACH_FILTER = 26
 _BPF_INSN = struct.Struct("HBBI")
 _SKF_NET_OFF = 0xFFF00000  # -0x100000: BPF offsets relative to the IP header
+
+
+class OutQueue:
+    """A datagram port's output once its socket pushes back: datagrams wait here, bounded by
+    QUEUE_FRAMES and the port's share of the :class:`~vmlan.io.sockopt.LinkBudget`, and go out in order
+    when the socket is writable; past the bound the caller drops (and counts) them. Holds the port's
+    membership of the budget from creation to :meth:`close`. ``send`` puts one datagram on the socket:
+    it raises BlockingIOError when the kernel is full again, else handles (and counts) its own errors."""
+
+    __slots__ = ("_armed", "_budget", "_bytes", "_items", "_joined", "_loop", "_send", "sock")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, budget: LinkBudget, send: Callable[[bytes], None]) -> None:
+        self._loop = loop
+        self._budget = budget
+        self._send = send
+        self._items: deque[bytes] = deque()
+        self._bytes = 0
+        self._armed = False
+        self._joined = True
+        self.sock: socket.socket | None = None  # the socket drained into, set by the port once open
+        budget.join()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, datagram: bytes) -> bool:
+        """Queue ``datagram`` (False, not queued, past the bound)."""
+        if len(self._items) >= QUEUE_FRAMES or self._bytes + len(datagram) > self._budget.out_limit:
+            return False
+        self._items.append(datagram)
+        self._bytes += len(datagram)
+        if not self._armed and self.sock is not None:
+            self._armed = True
+            self._loop.add_writer(self.sock.fileno(), self._drain)
+        return True
+
+    def _drain(self) -> None:
+        items, send = self._items, self._send
+        while items and self.sock is not None:
+            datagram = items[0]
+            try:
+                send(datagram)
+            except (BlockingIOError, InterruptedError):
+                return
+            items.popleft()
+            self._bytes -= len(datagram)
+        self._disarm()
+
+    def _disarm(self) -> None:
+        if self._armed and self.sock is not None:
+            self._loop.remove_writer(self.sock.fileno())
+        self._armed = False
+
+    def close(self) -> None:
+        """Drop what waits, stop watching the socket (before the port closes it), leave the budget."""
+        self._disarm()
+        self._items.clear()
+        self._bytes = 0
+        if self._joined:
+            self._joined = False
+            self._budget.leave()
 
 
 def ignore_datagrams_from(sock: socket.socket, source: tuple[str, int]) -> None:
@@ -100,20 +162,16 @@ class DgramPort(Port):
     """A datagram netdev is a single port."""
 
     __slots__ = (
-        "_budget",
         "_connect_to",
         "_faults",
-        "_joined",
         "_loop",
+        "_out",
         "_peer_check",
         "_peer_inode",
-        "_queue",
-        "_queued_bytes",
         "_remote",
         "_rsock",
         "_send_errors",
         "_ssock",
-        "_writer_armed",
         "cfg",
         "info",
     )
@@ -129,16 +187,11 @@ class DgramPort(Port):
         self.cfg = cfg
         self._loop = loop
         self._faults = faults if faults is not None else new_faults()
-        self._budget = budget
-        self._joined = True
-        budget.join()
         self._rsock: socket.socket | None = None
         self._ssock: socket.socket | None = None
         self._remote = _sockaddr(cfg.remote) if cfg.remote is not None else None
         self._send_errors = 0
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._writer_armed = False
+        self._out = OutQueue(loop, budget, self._send_queued)
         self._connect_to: str | bytes | None = None  # unix peer to (re)connect to
         self._peer_inode: tuple[int, int] | None = None  # (inode, ctime) of the socket we connected to
         self._peer_check: asyncio.TimerHandle | None = None
@@ -166,6 +219,7 @@ class DgramPort(Port):
             self.close()
             raise LinkError(f"{what}: {exc.strerror or exc}") from None
         assert self._rsock is not None
+        self._out.sock = self._ssock
         self._loop.add_reader(self._rsock.fileno(), self._on_readable)
         log.info("%s: %s", self.label, self.info)
 
@@ -304,18 +358,32 @@ class DgramPort(Port):
         sock = self._ssock
         if sock is None:
             return False
-        if self._queue:
-            return self._enqueue(frame)
+        if self._out:
+            return self._out.put(bytes(frame))
         try:
             if self._remote is None:
                 sock.send(frame)
             else:
                 sock.sendto(frame, self._remote)
         except (BlockingIOError, InterruptedError):
-            return self._enqueue(frame)
+            return self._out.put(bytes(frame))
         except OSError as exc:
             return self._send_failed(exc, frame)
         return True
+
+    def _send_queued(self, frame: bytes) -> None:
+        sock = self._ssock
+        assert sock is not None
+        try:
+            if self._remote is None:
+                sock.send(frame)
+            else:
+                sock.sendto(frame, self._remote)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError as exc:
+            if not self._send_failed(exc, frame):
+                self.counters.tx_dropped += 1
 
     def _send_failed(self, exc: OSError, frame: BytesLike) -> bool:
         """A send error other than a full buffer; True if the frame went out after all."""
@@ -326,7 +394,7 @@ class DgramPort(Port):
                 self._ssock.send(frame)
                 return True
             except (BlockingIOError, InterruptedError):
-                return self._enqueue(frame)
+                return self._out.put(bytes(frame))
             except OSError as again:
                 exc = again
         self._send_errors += 1
@@ -334,51 +402,11 @@ class DgramPort(Port):
             log.debug("%s: send failed (%s), %d so far", self.label, exc.strerror or exc, self._send_errors)
         return False
 
-    def _enqueue(self, frame: BytesLike) -> bool:
-        if len(self._queue) >= QUEUE_FRAMES or self._queued_bytes + len(frame) > self._budget.out_limit:
-            return False
-        self._queue.append(bytes(frame))
-        self._queued_bytes += len(frame)
-        if not self._writer_armed and self._ssock is not None:
-            self._writer_armed = True
-            self._loop.add_writer(self._ssock.fileno(), self._drain)
-        return True
-
-    def _drain(self) -> None:
-        sock = self._ssock
-        queue = self._queue
-        while queue and sock is not None:
-            frame = queue[0]
-            try:
-                if self._remote is None:
-                    sock.send(frame)
-                else:
-                    sock.sendto(frame, self._remote)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                queue.popleft()
-                self._queued_bytes -= len(frame)
-                if not self._send_failed(exc, frame):
-                    self.counters.tx_dropped += 1
-                continue
-            queue.popleft()
-            self._queued_bytes -= len(frame)
-        if self._writer_armed and sock is not None:
-            self._loop.remove_writer(sock.fileno())
-        self._writer_armed = False
-
     def close(self) -> None:
-        if self._joined:
-            self._joined = False
-            self._budget.leave()
         if self._peer_check is not None:
             self._peer_check.cancel()
             self._peer_check = None
-        if self._writer_armed and self._ssock is not None:
-            self._loop.remove_writer(self._ssock.fileno())
-            self._writer_armed = False
-        self._queue.clear()
+        self._out.close()
         for sock in {self._rsock, self._ssock}:
             if sock is None:
                 continue

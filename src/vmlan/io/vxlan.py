@@ -45,11 +45,11 @@ import ctypes
 import logging
 import socket
 import struct
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 from vmlan.config.vxlan import VxlanNetdev
 from vmlan.faults import Faults
-from vmlan.io.dgram import QUEUE_FRAMES, READS_PER_TURN, SO_ATTACH_FILTER
+from vmlan.io.dgram import READS_PER_TURN, SO_ATTACH_FILTER, OutQueue
 from vmlan.io.errors import LinkError
 from vmlan.io.sockopt import BUDGET, LINK_BUFFER, LinkBudget, grow_buffers, new_faults
 from vmlan.io.stream import NET_BUFSIZE, RX_AREA, RX_BYTES
@@ -105,20 +105,16 @@ class VxlanPort(Port):
     """A VXLAN netdev is a single port; see the module docstring."""
 
     __slots__ = (
-        "_budget",
         "_dest",
         "_faults",
         "_gso_failed",
         "_gso_socks",
-        "_joined",
         "_loop",
-        "_queue",
-        "_queued_bytes",
+        "_out",
         "_raw",
         "_rsock",
         "_ssock",
         "_vxhdr",
-        "_writer_armed",
         "cfg",
         "info",
         "max_frame",
@@ -144,17 +140,12 @@ class VxlanPort(Port):
         self.cfg = cfg
         self._loop = loop
         self._faults = faults if faults is not None else new_faults()
-        self._budget = budget
-        self._joined = True
-        budget.join()
         self._rsock: socket.socket | None = None
         self._ssock: socket.socket | None = None
         self._raw = False
         self._vxhdr = header_bytes(cfg.vni)
         self._dest: tuple[str, int] | tuple[str, int, int, int] = (cfg.remote, cfg.port)  # as sendmsg takes it
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._writer_armed = False
+        self._out = OutQueue(loop, budget, self._send_queued)
         self._gso_socks: OrderedDict[int, socket.socket] = OrderedDict()
         self._gso_failed: set[int] = set()  # source ports that could not be bound, or UDP GSO refused
         self.tx_gso = 0  # super-frames sent
@@ -198,6 +189,7 @@ class VxlanPort(Port):
             self.close()
             raise LinkError(f"-netdev vxlan,id={self.cfg.id}: {exc.strerror or exc}") from None
         assert self._rsock is not None
+        self._out.sock = self._ssock
         self._loop.add_reader(self._rsock.fileno(), self._on_readable)
         how = "per-flow source ports" if self._raw else f"source port {self.cfg.port} (no CAP_NET_RAW)"
         log.info("%s: %s, %s", self.label, self.info, how)
@@ -369,12 +361,12 @@ class VxlanPort(Port):
         sock = self._ssock
         if sock is None or len(frame) > MAX_DATAGRAM - VXLAN_HLEN:
             return False
-        if self._queue:
-            return self._enqueue(header, frame)
+        if self._out:
+            return self._out.put(header + bytes(frame))
         try:
             sock.sendmsg((header, frame), (), 0, self._dest)
         except (BlockingIOError, InterruptedError):
-            return self._enqueue(header, frame)
+            return self._out.put(header + bytes(frame))
         except OSError:
             return False  # no route, EMSGSIZE, an ICMP error from an earlier datagram: counted as a drop
         return True
@@ -384,7 +376,7 @@ class VxlanPort(Port):
             pieces = software_offload(frame, offload)
         except WireError:
             return False
-        if not self._raw or len(pieces) < 2 or self._queue:
+        if not self._raw or len(pieces) < 2 or self._out:
             return all([self._send(piece, self._header(piece)) for piece in pieces])
         low, high = self.sport_range
         sport = source_port(flow_hash(pieces[0]), low, high)
@@ -417,7 +409,7 @@ class VxlanPort(Port):
                     return False  # all of it to the raw socket's queue
                 for piece in pieces[first:]:
                     header = _UDP_VXLAN.pack(sport, self.cfg.port, UDP_HLEN + size, 0, vxhdr)
-                    self._enqueue(header, piece)
+                    self._out.put(header + piece)
                 return True
             except OSError as exc:
                 if first == 0:
@@ -464,44 +456,17 @@ class VxlanPort(Port):
         if sock is not None:
             sock.close()
 
-    def _enqueue(self, header: bytes, frame: BytesLike) -> bool:
-        size = len(header) + len(frame)
-        if len(self._queue) >= QUEUE_FRAMES or self._queued_bytes + size > self._budget.out_limit:
-            return False
-        self._queue.append(header + bytes(frame))
-        self._queued_bytes += size
-        if not self._writer_armed and self._ssock is not None:
-            self._writer_armed = True
-            self._loop.add_writer(self._ssock.fileno(), self._drain)
-        return True
-
-    def _drain(self) -> None:
-        sock = self._ssock
-        queue = self._queue
-        dest = self._dest
-        while queue and sock is not None:
-            datagram = queue[0]
-            try:
-                sock.sendto(datagram, dest)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.counters.tx_dropped += 1
-            queue.popleft()
-            self._queued_bytes -= len(datagram)
-        if self._writer_armed and sock is not None:
-            self._loop.remove_writer(sock.fileno())
-        self._writer_armed = False
+    def _send_queued(self, datagram: bytes) -> None:
+        assert self._ssock is not None
+        try:
+            self._ssock.sendto(datagram, self._dest)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError:
+            self.counters.tx_dropped += 1
 
     def close(self) -> None:
-        if self._joined:
-            self._joined = False
-            self._budget.leave()
-        if self._writer_armed and self._ssock is not None:
-            self._loop.remove_writer(self._ssock.fileno())
-            self._writer_armed = False
-        self._queue.clear()
-        self._queued_bytes = 0
+        self._out.close()
         for gso_sock in self._gso_socks.values():
             gso_sock.close()
         self._gso_socks.clear()
