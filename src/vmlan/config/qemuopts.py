@@ -159,3 +159,26 @@ def parse_uint(key: str, value: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
     if not lo <= number <= hi:
         raise ConfigError(f"Parameter '{key}' expects a value in {lo}..{hi} (got '{value}')")
     return number
+
+
+def collect_netdev_opts(driver: str, pairs: list[tuple[str, str]], known: frozenset[str],
+                        refused: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The QemuOpts pairs of ``-netdev DRIVER,...`` as a dict: each key known and given once, ``type=``
+    (if given) the driver, ``id=`` present. ``refused`` are QEMU's keys vmlan does not support (a
+    message that says so rather than "Invalid parameter")."""
+    opts: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in known:
+            if key in refused:
+                raise ConfigError(
+                    f"Parameter '{key}' of netdev type '{driver}' is not supported by vmlan (got '{value}')"
+                )
+            raise ConfigError(f"Invalid parameter '{key}' for netdev type '{driver}'")
+        if key in opts:
+            raise ConfigError(f"Parameter '{key}' given more than once")
+        opts[key] = value
+    if opts.get("type", driver) != driver:
+        raise ConfigError(f"Parameter 'type' does not accept value '{opts['type']}' (expected '{driver}')")
+    if "id" not in opts:
+        raise ConfigError("Parameter 'id' is missing")
+    return opts

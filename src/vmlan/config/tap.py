@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vmlan.config.errors import ConfigError
-from vmlan.config.qemuopts import check_id, parse_bool, parse_uint
+from vmlan.config.qemuopts import check_id, collect_netdev_opts, parse_bool, parse_uint
 
 __all__ = [
     "DEFAULT_BRIDGE",
@@ -119,25 +119,6 @@ def check_ifname(key: str, value: str) -> str:
     return value
 
 
-def _collect(driver: str, pairs: list[tuple[str, str]], known: frozenset[str]) -> dict[str, str]:
-    opts: dict[str, str] = {}
-    for key, value in pairs:
-        if key not in known:
-            if key in _QEMU_ONLY:
-                raise ConfigError(
-                    f"Parameter '{key}' of netdev type '{driver}' is not supported by vmlan (got '{value}')"
-                )
-            raise ConfigError(f"Invalid parameter '{key}' for netdev type '{driver}'")
-        if key in opts:
-            raise ConfigError(f"Parameter '{key}' given more than once")
-        opts[key] = value
-    if opts.get("type", driver) != driver:
-        raise ConfigError(f"Parameter 'type' does not accept value '{opts['type']}' (expected '{driver}')")
-    if "id" not in opts:
-        raise ConfigError("Parameter 'id' is missing")
-    return opts
-
-
 def _script(key: str, opts: dict[str, str], default: str) -> tuple[str, bool]:
     """(path or "" for none, whether it must exist)."""
     if key not in opts:
@@ -152,7 +133,7 @@ def _script(key: str, opts: dict[str, str], default: str) -> tuple[str, bool]:
 
 def parse_tap_netdev(pairs: list[tuple[str, str]]) -> TapNetdev:
     """Validate the QemuOpts pairs of ``-netdev tap,...``; raises ConfigError with a one-line reason."""
-    opts = _collect("tap", pairs, _TAP_KEYS)
+    opts = collect_netdev_opts("tap", pairs, _TAP_KEYS, _QEMU_ONLY)
     ident = check_id(opts["id"], "netdev")
     hubid = parse_uint("hubid", opts.get("hubid", "0"), 0, 2**31 - 1)
     if "fd" in opts:
@@ -177,7 +158,7 @@ def parse_tap_netdev(pairs: list[tuple[str, str]]) -> TapNetdev:
 
 def parse_bridge_netdev(pairs: list[tuple[str, str]]) -> BridgeNetdev:
     """Validate the QemuOpts pairs of ``-netdev bridge,...``; raises ConfigError with a one-line reason."""
-    opts = _collect("bridge", pairs, _BRIDGE_KEYS)
+    opts = collect_netdev_opts("bridge", pairs, _BRIDGE_KEYS, _QEMU_ONLY)
     ident = check_id(opts["id"], "netdev")
     hubid = parse_uint("hubid", opts.get("hubid", "0"), 0, 2**31 - 1)
     br = check_ifname("br", opts.get("br", DEFAULT_BRIDGE))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vmlan.config.errors import ConfigError
-from vmlan.config.qemuopts import check_id, parse_bool, parse_uint
+from vmlan.config.qemuopts import check_id, collect_netdev_opts, parse_bool, parse_uint
 
 __all__ = ["DEFAULT_CLIENT_MODE", "DEFAULT_MAX_PEERS", "DEFAULT_SERVER_MODE", "VdeNetdev", "parse_vde_netdev"]
 
@@ -78,17 +78,7 @@ def _gid(value: str) -> int:
 
 def parse_vde_netdev(pairs: list[tuple[str, str]]) -> VdeNetdev:
     """Validate the QemuOpts pairs of ``-netdev vde,...``; raises ConfigError with a one-line reason."""
-    opts: dict[str, str] = {}
-    for key, value in pairs:
-        if key not in _KEYS:
-            raise ConfigError(f"Invalid parameter '{key}' for netdev type 'vde'")
-        if key in opts:
-            raise ConfigError(f"Parameter '{key}' given more than once")
-        opts[key] = value
-    if opts.get("type", "vde") != "vde":
-        raise ConfigError(f"Parameter 'type' does not accept value '{opts['type']}' (expected 'vde')")
-    if "id" not in opts:
-        raise ConfigError("Parameter 'id' is missing")
+    opts = collect_netdev_opts("vde", pairs, _KEYS)
     ident = check_id(opts["id"], "netdev")
     hubid = parse_uint("hubid", opts.get("hubid", "0"), 0, 2**31 - 1)
     server = parse_bool("server", opts.get("server", "off"))

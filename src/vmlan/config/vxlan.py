@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vmlan.config.errors import ConfigError
-from vmlan.config.qemuopts import check_id, parse_uint
+from vmlan.config.qemuopts import check_id, collect_netdev_opts, parse_uint
 from vmlan.wire.vxlan import MAX_VNI, VXLAN_PORT
 
 __all__ = ["VxlanNetdev", "parse_vxlan_netdev"]
@@ -84,17 +84,7 @@ def _srcport(value: str) -> tuple[int, int]:
 
 def parse_vxlan_netdev(pairs: list[tuple[str, str]]) -> VxlanNetdev:
     """Validate the QemuOpts pairs of ``-netdev vxlan,...``; raises ConfigError with a one-line reason."""
-    opts: dict[str, str] = {}
-    for key, value in pairs:
-        if key not in _KEYS:
-            raise ConfigError(f"Invalid parameter '{key}' for netdev type 'vxlan'")
-        if key in opts:
-            raise ConfigError(f"Parameter '{key}' given more than once")
-        opts[key] = value
-    if opts.get("type", "vxlan") != "vxlan":
-        raise ConfigError(f"Parameter 'type' does not accept value '{opts['type']}' (expected 'vxlan')")
-    if "id" not in opts:
-        raise ConfigError("Parameter 'id' is missing")
+    opts = collect_netdev_opts("vxlan", pairs, _KEYS)
     ident = check_id(opts["id"], "netdev")
     hubid = parse_uint("hubid", opts.get("hubid", "0"), 0, 2**31 - 1)
     if "vni" not in opts:
