@@ -360,7 +360,7 @@ class DgramPort(Port):
             return False
         if self._out:
             return self._out.put(bytes(frame))
-        try:
+        try:  # _send_now, inline: this is the per-frame path
             if self._remote is None:
                 sock.send(frame)
             else:
@@ -371,14 +371,16 @@ class DgramPort(Port):
             return self._send_failed(exc, frame)
         return True
 
+    def _send_now(self, sock: socket.socket, frame: BytesLike) -> None:
+        if self._remote is None:
+            sock.send(frame)
+        else:
+            sock.sendto(frame, self._remote)
+
     def _send_queued(self, frame: bytes) -> None:
-        sock = self._ssock
-        assert sock is not None
+        assert self._ssock is not None
         try:
-            if self._remote is None:
-                sock.send(frame)
-            else:
-                sock.sendto(frame, self._remote)
+            self._send_now(self._ssock, frame)
         except (BlockingIOError, InterruptedError):
             raise
         except OSError as exc:
