@@ -45,11 +45,15 @@ class Flow:
 
 
 class FlowTable:
-    __slots__ = ("_flows", "_heap", "_next_id", "_seq", "compactions")
+    __slots__ = ("_flows", "_heap", "_next_id", "_seq", "compactions", "low")
 
     def __init__(self) -> None:
         self._flows: dict[int, Flow] = {}
         self._heap: list[tuple[float, int, Flow]] = []
+        # At most the earliest heap entry's deadline, so at most next_deadline(): a caller holding a timer for
+        # ``t <= low`` knows without a call that nothing earlier is due. Pops only raise the true minimum, so
+        # only a push lowers it; next_deadline() tightens it.
+        self.low = INF
         self._next_id = 1
         self._seq = 0
         self.compactions = 0
@@ -87,6 +91,8 @@ class FlowTable:
             flow.armed = deadline
             self._seq += 1
             heapq.heappush(self._heap, (deadline, self._seq, flow))
+            if deadline < self.low:
+                self.low = deadline
             if len(self._heap) > 2 * len(self._flows) + _SLACK:
                 self._compact()
 
@@ -108,8 +114,10 @@ class FlowTable:
         while heap:
             deadline, _seq, flow = heap[0]
             if flow.armed == deadline and self._flows.get(flow.fid) is flow:
+                self.low = deadline
                 return deadline
             heapq.heappop(heap)  # stale
+        self.low = INF
         return None
 
     def pop_due(self, now: float) -> list[Flow]:
