@@ -390,14 +390,15 @@ class UserNetPort(Port):
             self._spawn_guestfwd(fid, target)
             return
         try:
-            sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, _STREAM_NONBLOCK)
+            af = socket.AF_INET if family == 4 else socket.AF_INET6
+            sock = socket.socket(af, _STREAM_NONBLOCK)
         except OSError as exc:  # out of file descriptors: the guest gets a RST, not a hang
             self.stack.tcp_failed(fid, exc.errno or errno.EMFILE, self._loop.time())
             return
         host = _HostTcp(fid, sock)
         self._tcp[fid] = host
         try:
-            socket.inet_pton(sock.family, target[0])
+            socket.inet_pton(af, target[0])  # not sock.family: that property costs four Python calls
         except OSError:  # a guestfwd host name: resolved off the loop, the connect timeout covering both
             host.connecting = True
             host.timer = self._loop.call_later(CONNECT_TIMEOUT, self._on_connect_timeout, host)
@@ -499,8 +500,11 @@ class UserNetPort(Port):
         if err:
             self._connect_failed(host, err)
         else:
-            with contextlib.suppress(OSError):
+            # try/except, not contextlib.suppress (three Python calls): these run once per connection.
+            try:  # noqa: SIM105
                 host.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
             self.stack.tcp_connected(host.fid, self._loop.time())
             if self._tcp.get(host.fid) is host:
                 self._start_reading(host)
@@ -529,8 +533,10 @@ class UserNetPort(Port):
     def _stop_reading(self, host: _HostTcp) -> None:
         if host.reading:
             host.reading = False
-            with contextlib.suppress(ValueError, OSError):
+            try:  # noqa: SIM105 (per connection: no contextlib.suppress)
                 self._loop.remove_reader(host.sock.fileno())
+            except (ValueError, OSError):
+                pass
 
     def _on_tcp_readable(self, host: _HostTcp) -> None:
         if host.connecting:  # readable before the writer ran: the connect's outcome (an error, or data) first
@@ -650,8 +656,10 @@ class UserNetPort(Port):
         if host.out or host.connecting:
             host.shut_pending = True
             return
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (per connection: no contextlib.suppress)
             host.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def _tcp_close(self, fid: int, abortive: bool) -> None:
         host = self._tcp.pop(fid, None)
