@@ -64,7 +64,7 @@ class Offload:
     first (:mod:`vmlan.wire.gso`).
     """
 
-    __slots__ = ("csum_offset", "csum_start", "flags", "gso_size", "gso_type", "hdr_len")
+    __slots__ = ("_header", "csum_offset", "csum_start", "flags", "gso_size", "gso_type", "hdr_len")
 
     def __init__(
         self,
@@ -81,6 +81,7 @@ class Offload:
         self.gso_size = gso_size
         self.csum_start = csum_start
         self.csum_offset = csum_offset
+        self._header: bytes | None = None  # to_bytes(), kept: shared offloads go out once per frame
 
     @property
     def needs_csum(self) -> bool:
@@ -130,10 +131,13 @@ class Offload:
 
     def to_bytes(self) -> bytes:
         """The 10-byte header; a field that does not fit its width raises :class:`SanityError`."""
-        try:
-            return _VNET.pack(*self._fields())
-        except struct.error:
-            raise SanityError("vnet", f"a field of {self!r} does not fit the header") from None
+        header = self._header
+        if header is None:
+            try:
+                header = self._header = _VNET.pack(*self._fields())
+            except struct.error:
+                raise SanityError("vnet", f"a field of {self!r} does not fit the header") from None
+        return header
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Offload):
