@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import random
 import socket
+import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import TCP
 from scapy.layers.inet6 import IPv6
 
@@ -25,7 +28,7 @@ from vmlan.engines.tcp import (
     TcpStateError,
 )
 from vmlan.wire.errors import SanityError, WireError
-from vmlan.wire.tcp import ACK, FIN, PSH, SYN, TcpOptions
+from vmlan.wire.tcp import ACK, FIN, PSH, SYN, TcpHeader, TcpOptions
 
 from .tcpnet import (
     IP6_A,
@@ -608,3 +611,41 @@ def test_send_buffer_compacts_grows_and_lets_go_when_empty() -> None:
         assert len(conn._sndbuf) <= 2 * (300_000 + 70_000)  # bounded by about twice the limit
     assert bytes(received) == source and conn.bytes_acked == len(source)
     assert len(conn._sndbuf) <= 1 << 16  # emptied: a big allocation is not kept
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    flags=st.sampled_from([SYN, SYN | ACK, SYN | FIN, SYN | 0x04, SYN | PSH, ACK, 0]),
+    doff=st.integers(0, 15),
+    options=st.binary(max_size=40),
+    payload=st.binary(max_size=8),
+    sport=st.sampled_from([PORT_B, 0, 1]),
+    cut=st.integers(0, 80),
+)
+def test_from_syn_bytes_agree_with_the_parsed_header(flags: int, doff: int, options: bytes, payload: bytes,
+                                                     sport: int, cut: int) -> None:
+    # from_syn reads raw SYNs without TcpHeader.parse: it must accept, refuse and decode exactly as the
+    # reference path (the header parsed first, then handed over) does.
+    raw = struct.pack("!HHIIBBHHH", sport, PORT_A, GISN, 0, doff << 4, flags, 5000, 0, 0) + options + payload
+    if cut < 20:
+        raw = raw[:cut]  # short segments too
+
+    def build(syn: TcpHeader | bytes) -> TcpConnection | type[WireError]:
+        try:
+            return TcpConnection.from_syn((IP_A, PORT_A), (IP_B, PORT_B), syn, TcpParams(), 0.0, ISN, verified=True)
+        except WireError as exc:
+            return type(exc)
+
+    fast = build(raw)
+    try:
+        header, start, end = TcpHeader.parse(raw)
+    except WireError as exc:
+        assert fast is type(exc)
+        return
+    ref = build(header)
+    if not isinstance(ref, TcpConnection):
+        assert fast is ref
+        return
+    assert isinstance(fast, TcpConnection)
+    assert (fast._irs, fast._smss, fast._snd_wscale, fast._wscale_ok, fast._snd_wnd, fast._syn_data) == (
+        ref._irs, ref._smss, ref._snd_wscale, ref._wscale_ok, ref._snd_wnd, end - start)

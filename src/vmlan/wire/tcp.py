@@ -42,6 +42,7 @@ __all__ = [
     "TcpHeader",
     "TcpOptions",
     "flags_to_str",
+    "option_fields",
     "parse_fixed",
     "verify_checksum",
 ]
@@ -174,48 +175,7 @@ class TcpOptions:
         if end - offset == 12 and buf[offset : offset + 4] == _NOP_NOP_TS:
             # What every segment of an established Linux connection carries.
             return cls(timestamps=_TS.unpack_from(buf, offset + 4))
-        mss: int | None = None
-        wscale: int | None = None
-        sack_permitted = False
-        sack: tuple[tuple[int, int], ...] = ()
-        timestamps: tuple[int, int] | None = None
-        unknown: list[tuple[int, bytes]] = []
-        i = offset
-        while i < end:
-            kind = buf[i]
-            if kind == OPT_EOL:
-                break
-            if kind == OPT_NOP:
-                i += 1
-                continue
-            if i + 1 >= end:
-                raise IntegrityError(_PROTO, f"option kind {kind} lacks its length byte")
-            olen = buf[i + 1]
-            if olen < 2 or i + olen > end:
-                raise IntegrityError(_PROTO, f"option kind {kind} has bad length {olen}")
-            if kind == OPT_MSS:
-                if olen != 4:
-                    raise IntegrityError(_PROTO, f"MSS option length {olen} != 4")
-                (mss,) = _MSS.unpack_from(buf, i + 2)
-            elif kind == OPT_WSCALE:
-                if olen != 3:
-                    raise IntegrityError(_PROTO, f"window scale option length {olen} != 3")
-                wscale = buf[i + 2]
-            elif kind == OPT_SACK_PERMITTED:
-                if olen != 2:
-                    raise IntegrityError(_PROTO, f"SACK-permitted option length {olen} != 2")
-                sack_permitted = True
-            elif kind == OPT_SACK:
-                if olen < 10 or (olen - 2) % 8:
-                    raise IntegrityError(_PROTO, f"SACK option length {olen} is not 2 + 8n")
-                sack = tuple(_SACK_BLOCK.iter_unpack(bytes(buf[i + 2 : i + olen])))
-            elif kind == OPT_TIMESTAMPS:
-                if olen != 10:
-                    raise IntegrityError(_PROTO, f"timestamps option length {olen} != 10")
-                timestamps = _TS.unpack_from(buf, i + 2)
-            else:
-                unknown.append((kind, bytes(buf[i + 2 : i + olen])))
-            i += olen
+        mss, wscale, sack_permitted, sack, timestamps, unknown = option_fields(buf, offset, end)
         return cls(
             mss=mss,
             wscale=wscale,
@@ -247,6 +207,62 @@ class TcpOptions:
         if len(raw) > _MAX_OPTIONS:
             raise SanityError(_PROTO, f"options need {len(raw)} bytes > {_MAX_OPTIONS}")
         return raw + bytes(-len(raw) % 4)
+
+
+OptionFields = tuple[
+    int | None, int | None, bool, tuple[tuple[int, int], ...], tuple[int, int] | None, list[tuple[int, bytes]]
+]
+
+
+def option_fields(buf: BytesLike, offset: int, end: int) -> OptionFields:
+    """The options area ``buf[offset:end]`` checked and decoded into plain values -- ``(mss, wscale,
+    sack_permitted, sack, timestamps, unknown)`` -- without building a :class:`TcpOptions` (whose frozen
+    dataclass construction and range checks, needless for values read from bytes of their widths, cost
+    more than the scan: a SYN's receiver reads two of them). Malformed options raise
+    :class:`IntegrityError`, as :meth:`TcpOptions.parse` does (it is built on this)."""
+    mss: int | None = None
+    wscale: int | None = None
+    sack_permitted = False
+    sack: tuple[tuple[int, int], ...] = ()
+    timestamps: tuple[int, int] | None = None
+    unknown: list[tuple[int, bytes]] = []
+    i = offset
+    while i < end:
+        kind = buf[i]
+        if kind == OPT_EOL:
+            break
+        if kind == OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= end:
+            raise IntegrityError(_PROTO, f"option kind {kind} lacks its length byte")
+        olen = buf[i + 1]
+        if olen < 2 or i + olen > end:
+            raise IntegrityError(_PROTO, f"option kind {kind} has bad length {olen}")
+        if kind == OPT_MSS:
+            if olen != 4:
+                raise IntegrityError(_PROTO, f"MSS option length {olen} != 4")
+            (mss,) = _MSS.unpack_from(buf, i + 2)
+        elif kind == OPT_WSCALE:
+            if olen != 3:
+                raise IntegrityError(_PROTO, f"window scale option length {olen} != 3")
+            wscale = buf[i + 2]
+        elif kind == OPT_SACK_PERMITTED:
+            if olen != 2:
+                raise IntegrityError(_PROTO, f"SACK-permitted option length {olen} != 2")
+            sack_permitted = True
+        elif kind == OPT_SACK:
+            if olen < 10 or (olen - 2) % 8:
+                raise IntegrityError(_PROTO, f"SACK option length {olen} is not 2 + 8n")
+            sack = tuple(_SACK_BLOCK.iter_unpack(bytes(buf[i + 2 : i + olen])))
+        elif kind == OPT_TIMESTAMPS:
+            if olen != 10:
+                raise IntegrityError(_PROTO, f"timestamps option length {olen} != 10")
+            timestamps = _TS.unpack_from(buf, i + 2)
+        else:
+            unknown.append((kind, bytes(buf[i + 2 : i + olen])))
+        i += olen
+    return mss, wscale, sack_permitted, sack, timestamps, unknown
 
 
 _NO_OPTIONS = TcpOptions()

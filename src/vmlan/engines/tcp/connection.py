@@ -94,7 +94,7 @@ from typing import Final, NamedTuple
 from vmlan.wire._common import BytesLike
 from vmlan.wire.checksum import pseudo_header_sum_v4, pseudo_header_sum_v6
 from vmlan.wire.errors import IntegrityError, SanityError, WireError
-from vmlan.wire.tcp import ACK, FIN, PSH, RST, SYN, TCP_HLEN, TcpHeader, TcpOptions
+from vmlan.wire.tcp import ACK, FIN, PSH, RST, SYN, TCP_HLEN, TcpHeader, TcpOptions, option_fields
 
 from . import sums as _sums
 from .events import Closed, Connected, DataReceived, EndOfStream, Event, Reset, TcpStateError
@@ -135,6 +135,8 @@ _IPPROTO_TCP: Final = 6
 _HDR_IN = struct.Struct("!IIIBBH")
 # What the output path writes: ports as one word, seq, ack, data offset | flags, window, checksum, urgent.
 _HDR_OUT = struct.Struct("!IIIHHHH")
+# A SYN's fixed header, as wire.tcp reads it: ports, seq, ack, data offset, flags, window, checksum, urgent.
+_FIXED = struct.Struct("!HHIIBBHHH")
 _OOO_MAX_BLOCKS: Final = 4096  # out-of-order blocks kept; bounds the list a hostile guest can grow
 _MAX_DUP_ACKS_OUT: Final = 8  # duplicate ACKs emitted per transmit() call
 _KEEP_SNDBUF: Final = 1 << 16  # a send buffer larger than this is released whenever it empties
@@ -377,21 +379,31 @@ class TcpConnection:
         """
         conn = cls(local, remote, params, now, isn, psum_in=psum_in, psum_out=psum_out)
         if isinstance(syn, TcpHeader):
-            header = syn
+            sport, dport, seq, flags, window = syn.sport, syn.dport, syn.seq, syn.flags, syn.window
+            mss, wscale = syn.options.mss, syn.options.wscale
         else:
             n = len(syn)
             if not verified and n >= TCP_HLEN and (sum16(syn) + conn._psum_in + n) % 0xFFFF:
                 raise IntegrityError("TCP", "bad checksum on the SYN")
-            header, start, end = TcpHeader.parse(syn)
-            conn._syn_data = end - start
-        if header.flags & (SYN | ACK | RST | FIN) != SYN:
-            raise SanityError("TCP", f"passive open needs a bare SYN, got flags {header.flags:#04x}")
-        if header.sport != remote[1] or header.dport != local[1]:
-            raise SanityError("TCP", f"SYN for ports {header.sport}->{header.dport}, not {remote[1]}->{local[1]}")
-        conn._take_syn(header.seq, header.options)
+            # TcpHeader.parse's checks, without its two frozen dataclasses (half of this method's time);
+            # anything unusual goes through it, for its exact error.
+            if n < TCP_HLEN:
+                TcpHeader.parse(syn)
+            sport, dport, seq, _ack, doff, flags, window, _csum, _urg = _FIXED.unpack_from(syn)
+            hlen = (doff >> 4) * 4
+            if hlen < TCP_HLEN or hlen > n or not sport or not dport or (flags & SYN and flags & (FIN | RST)):
+                TcpHeader.parse(syn)
+                raise IntegrityError("TCP", "malformed SYN")  # not reached: parse() raised
+            mss, wscale = option_fields(syn, TCP_HLEN, hlen)[:2] if hlen > TCP_HLEN else (None, None)
+            conn._syn_data = n - hlen
+        if flags & (SYN | ACK | RST | FIN) != SYN:
+            raise SanityError("TCP", f"passive open needs a bare SYN, got flags {flags:#04x}")
+        if sport != remote[1] or dport != local[1]:
+            raise SanityError("TCP", f"SYN for ports {sport}->{dport}, not {remote[1]}->{local[1]}")
+        conn._take_syn(seq, mss, wscale)
         # The SYN-ACK's window is not scaled (RFC 7323 2.2): what the guest sees until it has our ACK.
-        conn._snd_wnd = header.window
-        conn._max_snd_wnd = header.window
+        conn._snd_wnd = window
+        conn._max_snd_wnd = window
         return conn
 
     @classmethod
@@ -409,15 +421,16 @@ class TcpConnection:
         """Active open toward the guest (QEMU's hostfwd: a host client connected, we dial the guest)."""
         return cls(local, remote, params, now, isn, psum_in=psum_in, psum_out=psum_out, initial_state=SYN_SENT)
 
-    def _take_syn(self, seq: int, options: TcpOptions) -> None:
-        """Record the guest's SYN: its ISN and the options it offered."""
+    def _take_syn(self, seq: int, mss: int | None, wscale: int | None) -> None:
+        """Record the guest's SYN: its ISN and the options it offered (MSS and window scale, None if absent)."""
         self._irs = seq
         self._rcv_nxt = seq + 1
-        mss = options.mss if options.mss is not None else DEFAULT_MSS
+        if mss is None:
+            mss = DEFAULT_MSS
         self._smss = min(max(mss, MIN_MSS), self._mss)
-        if options.wscale is not None:
+        if wscale is not None:
             self._wscale_ok = True
-            self._snd_wscale = min(options.wscale, MAX_WSCALE)
+            self._snd_wscale = min(wscale, MAX_WSCALE)
         else:
             self._wscale_ok = False
             self._snd_wscale = 0
@@ -449,7 +462,7 @@ class TcpConnection:
 
     def _do_take_syn(self, now: float, seg: _Seg) -> None:
         assert seg.options is not None
-        self._take_syn(seg.seq, seg.options)
+        self._take_syn(seg.seq, seg.options.mss, seg.options.wscale)
 
     def _do_send_syn(self, now: float, seg: _Seg) -> None:
         if self._wscale_ok:
