@@ -276,10 +276,13 @@ class TcpConnection:
         v6 = len(laddr) == 16
         self._max_mss = MAX_MSS_V6 if v6 else MAX_MSS_V4
         self._mss = min(params.mss, self._max_mss)  # what we announce and accept per segment (nominally)
-        if psum_in is None:
-            psum_in = (pseudo_header_sum_v6 if v6 else pseudo_header_sum_v4)(raddr, laddr, _IPPROTO_TCP, 0)
-        if psum_out is None:
-            psum_out = (pseudo_header_sum_v6 if v6 else pseudo_header_sum_v4)(laddr, raddr, _IPPROTO_TCP, 0)
+        if psum_in is None or psum_out is None:
+            # Both directions sum the same words in another order (one's complement addition commutes).
+            psum = (pseudo_header_sum_v6 if v6 else pseudo_header_sum_v4)(raddr, laddr, _IPPROTO_TCP, 0)
+            if psum_in is None:
+                psum_in = psum
+            if psum_out is None:
+                psum_out = psum
         # Checksums: constant parts of the pseudo-header (the length is added per segment) and, for output,
         # the ports too, so a data header's checksum is a handful of additions.
         self._psum_in = psum_in
@@ -1392,7 +1395,7 @@ class TcpConnection:
             rtt.start(self._iss + 1, now)
         window = min(self._rcv_limit, 0xFFFF)  # never scaled in a SYN (RFC 7323 2.2)
         wscale = self.params.wscale if (state == SYN_SENT or self._wscale_ok) else None
-        options = TcpOptions(mss=self._mss, wscale=wscale).to_bytes()
+        options = _syn_options(self._mss, wscale)
         if state == SYN_SENT:
             header = self._header(self._iss, SYN, window, options=options)
         else:
@@ -1625,6 +1628,22 @@ class TcpConnection:
             f" una={self._snd_una - self._iss} nxt={self._snd_nxt - self._iss} cwnd={self._cc.cwnd}"
             f" wnd={self._snd_wnd} rto={self._rtt.rto:.3f}>"
         )
+
+
+_SYN_OPTIONS: dict[tuple[int, int | None], bytes] = {}
+
+
+def _syn_options(mss: int, wscale: int | None) -> bytes:
+    """Our SYN's options, encoded once per (MSS, window scale): both come from the parameters, so a few
+    keys at most (building the TcpOptions was a third of the SYN-ACK's cost)."""
+    key = (mss, wscale)
+    raw = _SYN_OPTIONS.get(key)
+    if raw is None:
+        raw = TcpOptions(mss=mss, wscale=wscale).to_bytes()
+        if len(_SYN_OPTIONS) >= 64:
+            _SYN_OPTIONS.clear()
+        _SYN_OPTIONS[key] = raw
+    return raw
 
 
 _Step = Callable[[TcpConnection, float, _Seg], None]
