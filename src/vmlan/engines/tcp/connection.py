@@ -663,7 +663,9 @@ class TcpConnection:
         """
         if self._fin_seq is not None:
             raise TcpStateError("fill_from() after shutdown()")
-        space = self.send_space()
+        if self._state not in CAN_QUEUE:  # send_space(), inlined (_fin_seq is None here)
+            return 0
+        space = self._snd_limit - self._snd_hi + self._snd_lo
         n = limit if limit < space else space
         if n <= 0:
             return 0
@@ -1349,8 +1351,11 @@ class TcpConnection:
             self.counters.segments_out += 1
             emit(header, b"")
             return count + 1
-        if fresh:
-            self._clear_ack_state()
+        if fresh:  # _clear_ack_state(), inlined: after every data segment
+            self._ack_now = False
+            self._dupacks_out = 0
+            self._segs_unacked = 0
+            self._t_delack = None
         return count
 
     def _ack_header(self, win: int) -> bytes:

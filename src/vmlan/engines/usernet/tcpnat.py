@@ -32,6 +32,7 @@ from vmlan.engines.tcp import (
     TcpConnection,
 )
 from vmlan.engines.tcp.isn import EphemeralPorts, IsnGenerator
+from vmlan.engines.tcp.params import MIN_MSS
 from vmlan.engines.usernet import actions as A
 from vmlan.engines.usernet.config import GuestForward, HostForward
 from vmlan.engines.usernet.flows import INF, Flow
@@ -98,6 +99,7 @@ class TcpFlow(Flow):
         "kind",
         "mac",
         "nat",
+        "partial",
         "read_paused",
         "released",
         "rule",
@@ -123,6 +125,7 @@ class TcpFlow(Flow):
         self.v6 = len(self.guest_ip) == 16
         self.ip_base = 0 if self.v6 else IPV4.header_sum(self.far, self.guest_ip, 6, DF)
         self.connecting = False
+        self.partial = False  # conn.partial_checksum, which only TcpNat sets (kept here: read per data frame)
         self.read_paused = False
         self.closed = False
         self.released = False  # in TIME_WAIT: the host socket and the guest's share are given back
@@ -160,14 +163,16 @@ class TcpFlow(Flow):
             prefix = IPV4.frame_prefix(mac, self.smac, self.far, self.guest_ip, 6, n, ident, self.ip_base, DF)
             start, gso = 34, GSO_TCPV4
         offload = None
-        if payload and self.conn.partial_checksum:  # the port finishes the checksum (and segments)
-            mss = self.conn.send_mss
-            if len(payload) > mss:
-                offload = Offload(FLAG_NEEDS_CSUM, gso, start + len(header), mss, start, 16)
-            else:
-                offload = _CSUM6 if self.v6 else _CSUM4
-        elif len(payload) > self.conn.send_mss:
-            offload = Offload(0, gso, start + len(header), self.conn.send_mss, start, 16)
+        if payload:
+            # A payload up to MIN_MSS fits any send MSS: the property is read only for one that may not.
+            plen = len(payload)
+            if self.partial:  # the port finishes the checksum (and segments)
+                if plen > MIN_MSS and plen > self.conn.send_mss:
+                    offload = Offload(FLAG_NEEDS_CSUM, gso, start + len(header), self.conn.send_mss, start, 16)
+                else:
+                    offload = _CSUM6 if self.v6 else _CSUM4
+            elif plen > MIN_MSS and plen > self.conn.send_mss:
+                offload = Offload(0, gso, start + len(header), self.conn.send_mss, start, 16)
         core.frames.append((b"".join((prefix, header, payload)), offload))
 
 
@@ -299,6 +304,7 @@ class TcpNat:
         if guest.tso:
             conn.set_tso(65535 - 40 - 40)
             conn.set_partial_checksum(True)
+            flow.partial = True
         if service:
             flow.dns = DnsTcpState()
             conn.accept(now)
@@ -565,6 +571,7 @@ class TcpNat:
         if guest is not None and guest.tso:
             conn.set_tso(65535 - 40 - 40)
             conn.set_partial_checksum(True)
+            flow.partial = True
         self.after(flow, now)
         return flow.fid
 
