@@ -479,8 +479,8 @@ class TcpNat:
         ``ended``, asked after a read that returned data, says whether the reader also saw the host's
         EOF: the FIN then leaves with the data, in one segment (a request/response connection that the
         host closes after answering costs the guest one segment and one ACK less)."""
-        flow = self._flow(fid)
-        if flow is None:
+        flow = self.core.flows.get(fid)  # _flow(), inlined: once per host read
+        if type(flow) is not TcpFlow:
             return None
         conn = flow.conn
         if conn.send_space() <= 0:
