@@ -114,9 +114,11 @@ from .state import (
     SENDING,
     SYN_RECEIVED,
     SYN_SENT,
+    TABLE,
     TIME_WAIT,
     Do,
     Input,
+    Transition,
     lookup,
 )
 from .sums import piece_sums, sum16
@@ -444,8 +446,9 @@ class TcpConnection:
         """Look ``inp`` up in the state table, change state, perform the row's steps. The only writer of
         ``_state`` after construction."""
         old = self._state
-        t, listed = lookup(old, inp)
-        if not listed:
+        t = _ROWS.get((old, inp))
+        if t is None:  # not in the table: lookup() gives the default path
+            t, _listed = lookup(old, inp)
             self.counters.unlisted += 1
         actions = t.actions
         if actions and actions[0] is Do.MISUSE:
@@ -1650,6 +1653,9 @@ def _syn_options(mss: int, wscale: int | None) -> bytes:
         _SYN_OPTIONS[key] = raw
     return raw
 
+
+# state.TABLE as a plain dict: _fire() reads it directly, without lookup() and the mapping proxy around it.
+_ROWS: Final[dict[tuple[str, Input], Transition]] = dict(TABLE)
 
 _Step = Callable[[TcpConnection, float, _Seg], None]
 _STEPS: Final[dict[Do, _Step]] = {
