@@ -672,8 +672,10 @@ class TcpConnection:
         n = limit if limit < space else space
         if n <= 0:
             return 0
-        self._reserve(n)
         hi = self._snd_hi
+        if hi + n > len(self._sndbuf):  # _reserve()'s no-op case, without the call
+            self._reserve(n)
+            hi = self._snd_hi
         with memoryview(self._sndbuf) as whole, whole[hi : hi + n] as region:
             got = reader(region)
         if not 0 <= got <= n:

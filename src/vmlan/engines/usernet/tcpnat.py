@@ -37,10 +37,12 @@ from vmlan.engines.usernet import actions as A
 from vmlan.engines.usernet.config import GuestForward, HostForward
 from vmlan.engines.usernet.flows import INF, Flow
 from vmlan.engines.usernet.icmp import Icmp
-from vmlan.engines.usernet.l3 import DF, IPV4, IPV6
+from vmlan.engines.usernet.l3 import DF, IPV4, IPV6, TTL
+from vmlan.engines.usernet.l3 import ETH_IP as _ETH_IP
 from vmlan.engines.usernet.services import DnsService, DnsTcpState
 from vmlan.wire import BytesLike, WireError
 from vmlan.wire.checksum import internet_checksum
+from vmlan.wire.ethernet import ETH_P_IP
 from vmlan.wire.icmp import ICMP_HOST_UNREACH, ICMP_NET_UNREACH
 from vmlan.wire.vnet import FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, Offload
 
@@ -160,7 +162,14 @@ class TcpFlow(Flow):
             start, gso = 54, GSO_TCPV6
         else:
             ident = core.ident = (core.ident + 1) & 0xFFFF
-            prefix = IPV4.frame_prefix(mac, self.smac, self.far, self.guest_ip, 6, n, ident, self.ip_base, DF)
+            # IPV4.frame_prefix(mac, self.smac, self.far, self.guest_ip, 6, n, ident, self.ip_base, DF), inlined:
+            # once per frame toward the guest.
+            total = 20 + n
+            s = self.ip_base + total + ident
+            s = (s & 0xFFFF) + (s >> 16)
+            s = (s & 0xFFFF) + (s >> 16)
+            prefix = _ETH_IP.pack(mac, self.smac, ETH_P_IP, 0x45, 0, total, ident, DF, TTL, 6, ~s & 0xFFFF, self.far,
+                                  self.guest_ip)
             start, gso = 34, GSO_TCPV4
         offload = None
         if payload:
