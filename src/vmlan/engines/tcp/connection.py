@@ -277,7 +277,9 @@ class TcpConnection:
         self._state = initial_state
         v6 = len(laddr) == 16
         self._max_mss = MAX_MSS_V6 if v6 else MAX_MSS_V4
-        self._mss = min(params.mss, self._max_mss)  # what we announce and accept per segment (nominally)
+        # Conditional expressions, not min()/max() (a call each): this constructor runs once per connection.
+        mss = params.mss if params.mss < self._max_mss else self._max_mss
+        self._mss = mss  # what we announce and accept per segment (nominally)
         if psum_in is None or psum_out is None:
             # Both directions sum the same words in another order (one's complement addition commutes).
             psum = (pseudo_header_sum_v6 if v6 else pseudo_header_sum_v4)(raddr, laddr, _IPPROTO_TCP, 0)
@@ -321,7 +323,7 @@ class TcpConnection:
         self._snd_wl2 = 0
         self._max_snd_wnd = 0
         self._snd_wscale = 0
-        self._smss = min(DEFAULT_MSS, self._mss)
+        self._smss = DEFAULT_MSS if mss > DEFAULT_MSS else mss
         self._tso_request = 0
         self._tso = 0  # largest TSO payload (a multiple of _smss), 0 = off
         self._cc: CongestionControl = ALGORITHMS[params.congestion_control](iss)
@@ -342,7 +344,10 @@ class TcpConnection:
         self._rcv_wscale = 0
         self._max_wnd = 0xFFFF  # largest window the header can express (grows with scaling)
         self._rcv_unconsumed = 0
-        self._sws_thresh = max(1, min(self._rcv_limit // 2, self._mss))
+        thresh = self._rcv_limit // 2
+        if thresh > mss:
+            thresh = mss
+        self._sws_thresh = thresh if thresh > 1 else 1
         self._ooo = ReassemblyQueue(_OOO_MAX_BLOCKS)
         self._ooo_fin: int | None = None
         self._syn_data = 0
@@ -432,10 +437,12 @@ class TcpConnection:
         self._rcv_nxt = seq + 1
         if mss is None:
             mss = DEFAULT_MSS
-        self._smss = min(max(mss, MIN_MSS), self._mss)
+        if mss < MIN_MSS:
+            mss = MIN_MSS
+        self._smss = mss if mss < self._mss else self._mss
         if wscale is not None:
             self._wscale_ok = True
-            self._snd_wscale = min(wscale, MAX_WSCALE)
+            self._snd_wscale = wscale if wscale < MAX_WSCALE else MAX_WSCALE
         else:
             self._wscale_ok = False
             self._snd_wscale = 0
@@ -747,7 +754,7 @@ class TcpConnection:
 
     def _update_tso(self) -> None:
         smss = self._smss
-        size = min(self._tso_request, self._max_mss)
+        size = self._tso_request if self._tso_request < self._max_mss else self._max_mss
         self._tso = size - size % smss if size >= 2 * smss else 0
 
     # -- events and timers ----------------------------------------------------------------------------------
@@ -1155,7 +1162,7 @@ class TcpConnection:
             self.counters.out_of_window += 1
             self._ack_now = True  # acknowledges something never sent: ACK and drop
             return False
-        if a < una - max(self._max_snd_wnd, 0xFFFF):
+        if a < una - (self._max_snd_wnd if self._max_snd_wnd > 0xFFFF else 0xFFFF):
             self.counters.challenge_acks += 1  # RFC 5961 5.2: too old to be real
             self._ack_now = True
             return False
@@ -1218,7 +1225,9 @@ class TcpConnection:
         if a > buf_seq:
             lo = self._snd_lo
             hi = self._snd_hi
-            k = min(a - buf_seq, hi - lo)
+            k = a - buf_seq
+            if k > hi - lo:
+                k = hi - lo
             if k > 0:
                 self._buf_seq = buf_seq + k
                 lo += k
@@ -1403,7 +1412,7 @@ class TcpConnection:
             rtt.discard()
         else:
             rtt.start(self._iss + 1, now)
-        window = min(self._rcv_limit, 0xFFFF)  # never scaled in a SYN (RFC 7323 2.2)
+        window = self._rcv_limit if self._rcv_limit < 0xFFFF else 0xFFFF  # never scaled in a SYN (RFC 7323 2.2)
         wscale = self.params.wscale if (state == SYN_SENT or self._wscale_ok) else None
         options = _syn_options(self._mss, wscale)
         if state == SYN_SENT:
