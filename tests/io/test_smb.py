@@ -245,6 +245,8 @@ def test_close_leaves_no_process_zombie_or_file(relay: Relay) -> None:
     conf = server.conf_path
     assert conf is not None
     assert smb.processes_using(conf), "samba-dcerpcd should be running after a share listing"
+    # the listing's smbd exits after smbclient does, and is reaped by its pidfd on the loop: wait for that
+    wait_for(lambda: relay.call(lambda: server.active) == 0, what="the listing's smbd to be reaped")
     sock = relay.call(server.connect)  # and one smbd still serving a connection at close
     pids = set(relay.call(lambda: set(server._procs)))
     assert len(pids) == 1
