@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import struct
+from typing import Any
 
 import pytest
 from scapy.layers.dns import DNS
@@ -55,6 +56,13 @@ async def handshake(net: IoNet, t: GuestTcp) -> None:
     t.send("A")
 
 
+async def handshake_accepted(net: IoNet, t: GuestTcp, server: socket.socket) -> tuple[socket.socket, Any]:
+    """The guest's handshake through the stack to ``server``: the host side's accepted socket and peer."""
+    accept = asyncio.ensure_future(net.loop.sock_accept(server))
+    await handshake(net, t)
+    return await asyncio.wait_for(accept, 5)
+
+
 async def receive(net: IoNet, t: GuestTcp, n: int) -> bytes:
     """Take ``n`` bytes the stack sends on ``t``, acknowledging as they come."""
     base = t.rcv_nxt
@@ -79,9 +87,7 @@ def test_guest_tcp_to_a_loopback_server_both_ways_and_close() -> None:
     async def body(net: IoNet) -> None:
         g = net.guest()
         t = GuestTcp(net, g, HOST, port)  # type: ignore[arg-type]
-        accept = asyncio.ensure_future(net.loop.sock_accept(server))
-        await handshake(net, t)
-        conn, peer = await asyncio.wait_for(accept, 5)
+        conn, peer = await handshake_accepted(net, t, server)
         assert peer[0] == "127.0.0.1"
         conn.setblocking(False)
         t.send("PA", b"hello, host")
@@ -114,9 +120,7 @@ def test_a_host_that_answers_and_closes_at_once_gets_data_and_fin_in_one_segment
 
     async def body(net: IoNet) -> None:
         t = GuestTcp(net, net.guest(), HOST, port)  # type: ignore[arg-type]
-        accept = asyncio.ensure_future(net.loop.sock_accept(server))
-        await handshake(net, t)
-        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn, _peer = await handshake_accepted(net, t, server)
         t.send("PA", b"q")
         assert await asyncio.wait_for(net.loop.sock_recv(conn, 10), 5) == b"q"
         conn.send(b"answer")  # and the end, before the stack's loop runs again
@@ -146,9 +150,7 @@ def test_a_guest_reset_makes_the_host_peer_see_econnreset() -> None:
 
     async def body(net: IoNet) -> None:
         t = GuestTcp(net, net.guest(), HOST, port)  # type: ignore[arg-type]
-        accept = asyncio.ensure_future(net.loop.sock_accept(server))
-        await handshake(net, t)
-        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn, _peer = await handshake_accepted(net, t, server)
         conn.setblocking(False)
         t.send("PA", b"x")
         assert await asyncio.wait_for(net.loop.sock_recv(conn, 10), 5) == b"x"
@@ -169,9 +171,7 @@ def test_a_host_peers_reset_makes_the_guest_see_a_rst() -> None:
 
     async def body(net: IoNet) -> None:
         t = GuestTcp(net, net.guest(), HOST, port)  # type: ignore[arg-type]
-        accept = asyncio.ensure_future(net.loop.sock_accept(server))
-        await handshake(net, t)
-        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn, _peer = await handshake_accepted(net, t, server)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
         conn.close()
         rst = (await net.segments(t, lambda s: "R" in s.flags, "RST"))[-1]
@@ -396,9 +396,7 @@ def test_guestfwd_to_a_host_name_resolves_it_and_connects() -> None:
 
     async def body(net: IoNet) -> None:
         t = GuestTcp(net, net.guest(), "10.0.2.100", 80, isn=70)  # type: ignore[arg-type]
-        accept = asyncio.ensure_future(net.loop.sock_accept(server))
-        await handshake(net, t)
-        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn, _peer = await handshake_accepted(net, t, server)
         conn.setblocking(False)
         t.send("PA", b"by name")
         assert await asyncio.wait_for(net.loop.sock_recv(conn, 100), 5) == b"by name"
@@ -456,9 +454,7 @@ def test_a_fast_host_sender_is_paused_and_resumed_by_a_slow_guest() -> None:
 
     async def body(net: IoNet) -> None:
         t = GuestTcp(net, net.guest(), HOST, port)  # type: ignore[arg-type]
-        accept = asyncio.ensure_future(net.loop.sock_accept(server))
-        await handshake(net, t)
-        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn, _peer = await handshake_accepted(net, t, server)
         conn.setblocking(False)
         send = asyncio.ensure_future(net.loop.sock_sendall(conn, blob))
         assert await receive(net, t, len(blob)) == blob
@@ -486,9 +482,7 @@ def test_a_host_peer_that_does_not_read_closes_the_guests_window_and_nothing_pil
     async def body(net: IoNet) -> None:
         g = net.guest()
         t = GuestTcp(net, g, HOST, port, wscale=None)  # type: ignore[arg-type]
-        accept = asyncio.ensure_future(net.loop.sock_accept(server))
-        await handshake(net, t)
-        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn, _peer = await handshake_accepted(net, t, server)
         conn.setblocking(False)
         rng = random.Random(5)
         sent_hash, got_hash = hashlib.sha256(), hashlib.sha256()
@@ -556,9 +550,7 @@ def test_a_guest_leaving_the_hub_resets_its_host_connections() -> None:
 
     async def body(net: IoNet) -> None:
         t = GuestTcp(net, net.guest(), HOST, port)  # type: ignore[arg-type]
-        accept = asyncio.ensure_future(net.loop.sock_accept(server))
-        await handshake(net, t)
-        conn, _peer = await asyncio.wait_for(accept, 5)
+        conn, _peer = await handshake_accepted(net, t, server)
         conn.setblocking(False)
         net.hub.detach(net.guest_port)
         with pytest.raises(ConnectionResetError):
