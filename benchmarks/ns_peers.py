@@ -405,16 +405,23 @@ def iperf(run: Run, ns: Namespace, stack: Stack, reverse: bool, seconds: int, v6
     return {"gbps": end["bits_per_second"] / 1e9, "cpu_per_gb": cpu / gbits if gbits else float("nan")}
 
 
-def pinned(run: Run, ns: Namespace, stack: Stack, mode: str, seconds: float) -> float:
-    """A pinned latency or rate figure: us per round trip (rr-*), connections per second (crr)."""
-    port = free_port()
+def pinned_server(run: Run, mode: str, port: int) -> subprocess.Popen[str]:
+    """The host side of a pinned ``mode`` on core 0, once it says it is ready."""
     serve = {"rr-tcp": "serve-tcp", "rr-udp": "serve-udp", "crr": "serve-crr"}[mode]
     server = run.spawn(["taskset", "-c", "0", *pinger_argv(serve, str(port))], stdout=subprocess.PIPE, text=True,
                        env=pinger_env())
+    assert server.stdout is not None
+    if server.stdout.readline().strip() != "ready":
+        run.stop(server)
+        raise BenchError("the pinger server did not start")
+    return server
+
+
+def pinned(run: Run, ns: Namespace, stack: Stack, mode: str, seconds: float) -> float:
+    """A pinned latency or rate figure: us per round trip (rr-*), connections per second (crr)."""
+    port = free_port()
+    server = pinned_server(run, mode, port)
     try:
-        assert server.stdout is not None
-        if server.stdout.readline().strip() != "ready":
-            raise BenchError("the pinger server did not start")
         out = subprocess.run([*ns.enter(), "taskset", "-c", "0", *pinger_argv(mode, GATEWAY, str(port), str(seconds))],
                              capture_output=True, text=True, timeout=seconds + 60, env=pinger_env())
     finally:
@@ -468,13 +475,8 @@ def counted(run: Run, ns: Namespace, stack: Stack, mode: str, count: int,
     ``start()`` called just before them and what it returns just after: a tracer sees the transactions
     alone. Returns the pinger's figure (us per round trip, or connections/s for crr) under the tracer."""
     port = free_port()
-    serve = {"rr-tcp": "serve-tcp", "rr-udp": "serve-udp", "crr": "serve-crr"}[mode]
-    server = run.spawn(["taskset", "-c", "0", *pinger_argv(serve, str(port))], stdout=subprocess.PIPE, text=True,
-                       env=pinger_env())
+    server = pinned_server(run, mode, port)
     try:
-        assert server.stdout is not None
-        if server.stdout.readline().strip() != "ready":
-            raise BenchError("the pinger server did not start")
         client = run.spawn([*ns.enter(), "taskset", "-c", "0", *pinger_argv(mode, GATEWAY, str(port), "0", str(count))],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=pinger_env())
         assert client.stdin is not None and client.stdout is not None
