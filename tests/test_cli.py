@@ -1,12 +1,16 @@
 """The command line as a user meets it: exit statuses, one-line errors, signals, cleanup."""
 
+import fcntl
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -153,6 +157,72 @@ def test_default_run_serves_a_user_network_prints_qemu_options_and_cleans_up_on_
     assert "user user0: user-mode network 10.0.2.0/24 (gateway 10.0.2.2, DNS 10.0.2.3, DHCP from 10.0.2.15)" in err
     assert f"attach a QEMU guest to lan0 with: -netdev stream,id=n0,server=off,addr.type=unix,addr.path={sock}" in err
     assert not sock.exists()
+
+
+PEERS = 200
+PEER_LINE = rb"^    s\.(\d+): unix:\S+  rx \d+ frames \d+ bytes \d+ dropped, tx \d+ frames \d+ bytes \d+ dropped$"
+
+
+def test_a_dump_is_whole_when_the_next_sigusr1_interrupts_its_write_to_a_full_pipe(tmp_path):
+    """vmlan blocked writing a dump to a full stderr pipe, a second SIGUSR1 arriving: the first dump
+    used to end mid-line, the rest lost, the second beginning on that line (a reader counting dumps
+    by their "hub 0" line then waited forever). Both dumps must arrive whole, one after the other."""
+    path = tmp_path / "s.sock"
+    netdev = f"stream,id=s,server=on,addr.type=unix,addr.path={path},max-peers=300"
+    proc = subprocess.Popen([*VMLAN, "run", "-netdev", netdev], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    fd = proc.stderr.fileno()
+    out = bytearray()
+
+    def read_until(what, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not what(out):
+            left = deadline - time.monotonic()
+            assert left > 0 and proc.poll() is None, out.decode(errors="replace")[-2000:]
+            if select.select([fd], [], [], left)[0]:
+                out.extend(os.read(fd, 65536))
+
+    def wait(what, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not what():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.001)
+
+    peers = []
+    try:
+        read_until(lambda b: b"ready: " in b)
+        for n in range(1, PEERS + 1):  # each logs a line: read them as they come
+            peers.append(socket.socket(socket.AF_UNIX))
+            peers[-1].connect(str(path))
+            read_until(lambda b, n=n: f"peer s.{n} connected".encode() in b)
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 4096)  # a dump of 200 peers is ~20 KB: five times what the pipe holds
+        start = len(out)
+        proc.send_signal(signal.SIGUSR1)
+        read_until(lambda b: b"\nhub 0\n" in b[start - 1 :])
+        # Stop reading: vmlan fills the pipe and sleeps in the write. Then the next SIGUSR1.
+        wait(lambda: "pipe_write" in Path(f"/proc/{proc.pid}/wchan").read_text())  # anon_pipe_write on 6.x
+        proc.send_signal(signal.SIGUSR1)
+        wait(lambda: not _pending(proc.pid) & (1 << (signal.SIGUSR1 - 1)))  # delivered, into the write
+
+        def dumps(b):
+            return bytes(b[start - 1 :]).split(b"\nhub 0\n")[1:]
+
+        read_until(lambda b: len(dumps(b)) == 2 and len(re.findall(PEER_LINE, dumps(b)[1], re.M)) == PEERS)
+        for dump in dumps(out):
+            lines = dump.splitlines()
+            assert [int(m.group(1)) for m in map(re.compile(PEER_LINE).match, lines) if m] == list(
+                range(1, PEERS + 1)), dump.decode(errors="replace")
+            assert lines[-1].startswith(f"    s.{PEERS}: ".encode()), dump.decode(errors="replace")
+    finally:
+        for peer in peers:
+            peer.close()
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+def _pending(pid):
+    """The signals pending for ``pid`` (thread and process), as a mask."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
 
 
 def test_sigusr1_the_moment_the_first_socket_appears_never_kills_vmlan(tmp_path):

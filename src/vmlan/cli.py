@@ -27,7 +27,7 @@ from vmlan.config.tap import BridgeNetdev, TapNetdev
 from vmlan.config.vde import VdeNetdev
 from vmlan.config.vxlan import VxlanNetdev
 from vmlan.io.errors import LinkError
-from vmlan.io.loop import new_event_loop
+from vmlan.io.loop import new_event_loop, write_report
 from vmlan.io.sockopt import raise_fd_limit
 
 if TYPE_CHECKING:
@@ -168,8 +168,7 @@ async def _serve(cfg: RunConfig, runtime: Runtime, early: list[int]) -> int:
 
     def on_signal(signum: int) -> None:
         if signum == signal.SIGUSR1:
-            sys.stderr.write(_monitor_text(runtime) + "\n")
-            sys.stderr.flush()
+            write_report(_monitor_text(runtime))
         else:
             stop.set()
 

@@ -39,7 +39,7 @@ from vmlan.config.cmdline import RunConfig
 from vmlan.config.netdev import HubConfig
 from vmlan.config.tap import TapNetdev
 from vmlan.io.errors import LinkError
-from vmlan.io.loop import new_event_loop
+from vmlan.io.loop import new_event_loop, write_report
 from vmlan.io.runtime import Runtime
 from vmlan.io.sockopt import raise_fd_limit
 from vmlan.io.tap import TapLink
@@ -258,8 +258,7 @@ class _Session:
 
         def on_signal(signum: int) -> None:
             if signum == signal.SIGUSR1:
-                sys.stderr.write(monitor_text(self.runtime) + "\n")
-                sys.stderr.flush()
+                write_report(monitor_text(self.runtime))
             elif self.cmd is not None:
                 self._signal_cmd(signum)
             else:
@@ -409,8 +408,7 @@ class _Session:
         """Close the links (the TAPs disappear with their descriptors), end and reap setup processes that
         are still there (CMD never ran, or has not exited: vmlan is going away), close the loop."""
         if self.cfg.verbose and self.ready:
-            sys.stderr.write(monitor_text(self.runtime) + "\n")
-            sys.stderr.flush()
+            write_report(monitor_text(self.runtime))
         self.runtime.close()
         for m in self.members:
             m.ctrl.close()
