@@ -120,8 +120,8 @@ SLAAC = """
     raised = mtu6()
     sh("ip", "link", "set", "tap0", "up")
     settle(lambda: mtu6() == 1500, "the RA's MTU")
-    conf = {n: open(f"/proc/sys/net/ipv6/conf/tap0/{n}").read().strip() for n in ("accept_ra", "autoconf",
-                                                                                  "disable_ipv6", "forwarding")}
+    conf = {n: open(f"/proc/sys/net/ipv6/conf/tap0/{n}").read().strip()
+            for n in ("accept_dad", "accept_ra", "autoconf", "disable_ipv6", "forwarding")}
     print(json.dumps({"at_start": at_start, "addrs": addrs, "routes": routes, "first_mtu": first_mtu,
                       "raised": raised, "conf": conf, "resolv": open("/etc/resolv.conf").read()}), flush=True)
     """
@@ -134,9 +134,10 @@ def test_slaac_address_default_route_and_mtu_come_from_the_stacks_ra(who: Who, v
     result = json.loads(run.wait_line(r'^\{"at_start"', timeout=60).string)
     assert run.finish() == 0, run.stderr
     assert probe["mac"] == "52:54:00:12:34:56"
-    # CMD started with the SLAAC address usable (optimistic while DAD runs, or DAD already done)
+    # CMD started with the SLAAC and link-local addresses usable: no DAD on tap0, nothing tentative
     start = [line for line in result["at_start"].splitlines() if NS0 in line]
-    assert len(start) == 1 and ("optimistic" in start[0] or "tentative" not in start[0]), result["at_start"]
+    assert len(start) == 1 and "tentative" not in result["at_start"] and "optimistic" not in result["at_start"], \
+        result["at_start"]
     (slaac,) = [line for line in result["addrs"].splitlines() if "fec0::" in line]
     m = re.search(rf"inet6 {re.escape(NS0)}/64 scope site dynamic mngtmpaddr .*valid_lft (\d+)sec "
                   r"preferred_lft (\d+)sec", slaac)
@@ -148,7 +149,8 @@ def test_slaac_address_default_route_and_mtu_come_from_the_stacks_ra(who: Who, v
                      result["routes"], re.M), result["routes"]
     assert re.search(r"^fec0::/64 proto kernel metric 256 expires \d+sec pref medium$", result["routes"], re.M)
     assert (result["first_mtu"], result["raised"]) == (1500, 9000)  # then 1500 again: from the RA
-    assert result["conf"] == {"accept_ra": "1", "autoconf": "1", "disable_ipv6": "0", "forwarding": "0"}
+    assert result["conf"] == {"accept_dad": "0", "accept_ra": "1", "autoconf": "1", "disable_ipv6": "0",
+                              "forwarding": "0"}
     assert result["resolv"].splitlines()[1:3] == ["nameserver 10.0.2.3", "nameserver fec0::3"]
     assert re.search(rf"ns: process \d+: tap0 10\.0\.2\.100/24 mtu 1500, gateway 10\.0\.2\.2, DNS 10\.0\.2\.3, "
                      rf"IPv6 {re.escape(NS0)}/64 via fe80::2, DNS fec0::3, MAC 52:54:00:12:34:56", run.stderr)

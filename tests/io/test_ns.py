@@ -215,8 +215,7 @@ def test_ipv6_settings_are_written_and_a_refusal_is_a_warning(tmp_path: Path) ->
         (tmp_path / "tap0" / name).write_text("9\n")
     assert setup.set_ipv6_sysctls("tap0", str(tmp_path)) == []
     assert {name: (tmp_path / "tap0" / name).read_text() for name, _ in setup.IPV6_SYSCTLS} == {
-        "disable_ipv6": "0", "accept_ra": "1", "autoconf": "1", "addr_gen_mode": "0", "optimistic_dad": "1",
-        "use_optimistic": "1"}
+        "disable_ipv6": "0", "accept_ra": "1", "autoconf": "1", "addr_gen_mode": "0", "accept_dad": "0"}
     assert setup.set_ipv6_sysctls("tap1", str(tmp_path)) == [
         "cannot set net.ipv6.conf.tap1.disable_ipv6=0: No such file or directory"]
 

@@ -30,12 +30,16 @@ The helper (``--attach PID``)
 
 IPv6 is the kernel's own: vmlan sets no IPv6 address or route. Before tap0 comes up it makes sure of
 what SLAAC needs (``disable_ipv6`` 0, ``accept_ra`` 1, ``autoconf`` 1, ``addr_gen_mode`` 0, i.e.
-EUI-64 from the MAC, so the address is the one :mod:`vmlan.ns.config` predicts) and turns on optimistic
-DAD (RFC 4429: ``optimistic_dad``, ``use_optimistic``). Duplicate address detection still runs and a
-duplicate is still given up; the address is merely usable while it runs. Without it CMD would wait
-2 to 4 s (the random delay and the one-second probe of DAD, twice: the link-local address must pass
-before the router solicitation, then the SLAAC address); with it about one second (the link-local
-probe). The stack never answers a solicitation for a guest's address, so DAD passes.
+EUI-64 from the MAC, so the address is the one :mod:`vmlan.ns.config` predicts) and turns duplicate
+address detection off (``accept_dad`` 0). There is nothing to detect: the LAN behind tap0 is vmlan's
+hub, every MAC on it is one vmlan assigned (distinct, so are their EUI-64 addresses) and the stack's
+own addresses (fe80::2, fec0::2, fec0::3) are not EUI-64 ones. What DAD costs is real: 2 to 4 s before
+CMD could start (the random delay and one-second probe, twice: the link-local address before the
+router solicitation, then the SLAAC address). Optimistic DAD (RFC 4429), tried first, starts CMD after
+about a second but leaves a window: while every address of a namespace is still optimistic the
+kernel sends no neighbour solicitation (it has no source it may use), so the first packets to another
+namespace on the hub waited or were lost (measured: a ``ping6 -c 2`` between two attached namespaces
+got one reply). Without DAD the addresses are usable as soon as they exist.
 
 Messages to vmlan, one per datagram on a SOCK_SEQPACKET socketpair: ``T`` + interface name with the
 descriptor, ``W`` + a warning, ``E`` + the reason setup failed, ``R`` + the SLAAC address (empty
@@ -104,7 +108,7 @@ SCRATCH_DIRS = ("/tmp", "/run", "/mnt")
 IPV6_CONF = "/proc/sys/net/ipv6/conf"
 # What SLAAC from the stack's RA needs, set on tap0 before it comes up (see the module docstring).
 IPV6_SYSCTLS = (("disable_ipv6", "0"), ("accept_ra", "1"), ("autoconf", "1"), ("addr_gen_mode", "0"),
-                ("optimistic_dad", "1"), ("use_optimistic", "1"))
+                ("accept_dad", "0"))
 IPV6_WAIT = 5.0  # seconds for the SLAAC address and the default route; usually about one
 IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x04, 0x08, 0x40
 RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
