@@ -4,6 +4,8 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -136,11 +138,55 @@ class SlowConsumer(Port):
             pass
         if bytes(frame[6:12]) == B:
             with self.seen:
-                self.probes[bytes(frame[14:18])] = time.perf_counter()
+                self.probes[bytes(frame[14:18])] = time.monotonic()
                 self.seen.notify_all()
         else:
             self.flood += 1
         return True
+
+
+# The two peers, in a process of their own as real peers are: sharing pytest's interpreter, a thread
+# sending a probe waited for the GIL behind the LAN's loop thread (busy in SlowConsumer) for up to 2 s,
+# and that wait was counted as the LAN's. Commands on stdin: flood, probe N, stop. time.monotonic() is
+# CLOCK_MONOTONIC on Linux: one clock for both processes.
+PEERS = r"""
+import socket, struct, sys, threading, time
+hdr = struct.Struct(">I")
+path, a, b = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
+def framed(src, payload=b""):
+    body = b"\xff" * 6 + src + b"\x08\x00" + payload
+    body += b"\x00" * max(0, 64 - len(body))
+    return hdr.pack(len(body)) + body
+flooder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+flooder.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)  # a deep backlog behind the flood
+flooder.connect(path)
+other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+other.connect(path)
+blob = framed(a) * 16384
+stop = threading.Event()
+def flood():
+    try:
+        while not stop.is_set():
+            flooder.sendall(blob)
+    except OSError:
+        pass
+thread = threading.Thread(target=flood, daemon=True)
+print("connected", flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "flood":
+        thread.start()
+    elif cmd[0] == "probe":
+        tag = int(cmd[1]).to_bytes(4, "big")
+        sent = time.monotonic()
+        other.sendall(framed(b, tag + b"probe"))
+        print(f"sent {sent!r}", flush=True)
+    elif cmd[0] == "stop":
+        stop.set()
+        flooder.shutdown(socket.SHUT_RDWR)
+        thread.join(10)
+        break
+"""
 
 
 def test_a_flooding_peer_does_not_hold_up_another_ports_frames(lan, tmp_path):
@@ -149,40 +195,38 @@ def test_a_flooding_peer_does_not_hold_up_another_ports_frames(lan, tmp_path):
     per-turn budget another peer's frame is through within a few milliseconds."""
     path = tmp_path / "s.sock"
     running = lan("-netdev", f"stream,id=s,server=on,addr.type=unix,addr.path={path}")
-    flooder, other = unix_client(path), unix_client(path)
-    flooder.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)  # a deep backlog behind the flood
-    wait_for(lambda: len(running.netdev("s").ports) == 2)
-    slow = SlowConsumer()
-    running.call(running.runtime.hubs[0].attach, slow)
-    frame = eth(BCAST, A, size=64)
-    blob = (HDR.pack(len(frame)) + frame) * 16384
-    stop = threading.Event()
-
-    def flood():
-        try:
-            while not stop.is_set():
-                flooder.sendall(blob)
-        except OSError:
-            pass
-
-    flood_thread = threading.Thread(target=flood, daemon=True)
-    flood_thread.start()
+    peers = subprocess.Popen([sys.executable, "-c", PEERS, str(path), A.hex(), B.hex()], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
     delays = []
     try:
+        assert peers.stdout.readline() == "connected\n"
+        wait_for(lambda: len(running.netdev("s").ports) == 2)
+        slow = SlowConsumer()
+        running.call(running.runtime.hubs[0].attach, slow)
+
+        def command(text):
+            peers.stdin.write(text + "\n")
+            peers.stdin.flush()
+
+        command("flood")
         wait_for(lambda: slow.flood > 2000, what="the flood under way")
         for i in range(10):
+            command(f"probe {i}")
+            answer = peers.stdout.readline().split()
+            assert answer[0] == "sent", answer
             tag = i.to_bytes(4, "big")
-            sent = time.perf_counter()
-            send_framed(other, eth(BCAST, B, tag + b"probe"))
             with slow.seen:
                 assert slow.seen.wait_for(lambda tag=tag: tag in slow.probes, timeout=30), "probe lost"
-            delays.append(slow.probes[tag] - sent)
+            delays.append(slow.probes[tag] - float(answer[1]))
         flooded = slow.flood
         wait_for(lambda: slow.flood > flooded + 1000, what="the flood still flowing")
+        command("stop")
     finally:
-        stop.set()
-        flooder.shutdown(socket.SHUT_RDWR)
-        flood_thread.join(10)
+        peers.stdin.close()
+        try:
+            peers.wait(20)
+        finally:
+            peers.kill()
     delays.sort()
     # Expected: one turn of the flooder (2 ms of work, checked every 32 frames: ~3.6 ms) per probe.
     assert delays[-1] < 0.1, f"probe delays (s): {delays}"
